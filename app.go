@@ -1,0 +1,314 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+
+	"github.com/atriumhq/atrium/platform/cluster"
+	"github.com/atriumhq/atrium/platform/config"
+	"github.com/atriumhq/atrium/platform/errs"
+	"github.com/atriumhq/atrium/platform/httpx"
+	"github.com/atriumhq/atrium/platform/logging"
+	"github.com/atriumhq/atrium/platform/metrics"
+	"github.com/atriumhq/atrium/platform/postgres"
+	"github.com/atriumhq/atrium/platform/redisx"
+	atriumsql "github.com/atriumhq/atrium/sql"
+	"github.com/atriumhq/atrium/web"
+)
+
+func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("serve", "serve", "Runs the HTTP server (API, admin UI, /healthz, /readyz, /metrics) and this instance's\nbackground workers until SIGTERM or SIGINT, then shuts down gracefully.", stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := config.Load()
+	if err != nil {
+		return err
+	}
+	log := logging.New(stdout, cfg.Log.Level, cfg.Log.Format, cfg.Development())
+	a, err := newApp(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	return a.serve(ctx)
+}
+
+// app is one running Atrium instance: its connections, its router, and its
+// background workers. Tests start several in one process.
+type app struct {
+	cfg      config.Config
+	log      zerolog.Logger
+	pool     *pgxpool.Pool
+	tx       *postgres.Tx
+	redis    *redisx.Client
+	migrator *postgres.Migrator
+	metrics  *metrics.Registry
+	cluster  *cluster.Registry
+	listener net.Listener
+	router   chi.Router
+	// draining is set once shutdown begins, so /readyz tells the load
+	// balancer to stop sending traffic while in-flight requests finish.
+	draining atomic.Bool
+}
+
+// appOption adjusts an app before it starts (tests use it to add routes).
+type appOption func(*app)
+
+// newApp connects to PostgreSQL and Redis, brings the schema up to date (or
+// refuses to start when it is behind and migrating on start is off), builds
+// the router and opens the listener.
+func newApp(ctx context.Context, cfg config.Config, log zerolog.Logger, opts ...appOption) (_ *app, err error) {
+	if cfg.InstanceID == "" {
+		cfg.InstanceID = defaultInstanceID()
+	}
+	log = log.With().Str("instance", cfg.InstanceID).Logger()
+	a := &app{cfg: cfg, log: log, metrics: metrics.New()}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+
+	a.pool, err = postgres.Open(ctx, postgres.Options{URL: cfg.Database.URL, MaxConns: cfg.Database.MaxConns, RetryFor: cfg.Database.ConnectTimeout, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	a.tx = postgres.NewTx(a.pool, log)
+	a.metrics.MustRegister(a.tx.Collectors()...)
+	if a.migrator, err = postgres.NewMigrator(a.pool, atriumsql.Migrations()); err != nil {
+		return nil, err
+	}
+	if err := a.ensureSchema(ctx); err != nil {
+		return nil, err
+	}
+	if a.redis, err = redisx.Connect(redisx.Options{URL: cfg.Redis.URL, Prefix: cfg.Redis.Prefix, Timeout: cfg.Redis.Timeout}); err != nil {
+		return nil, err
+	}
+
+	if a.listener, err = net.Listen("tcp", cfg.HTTP.Addr); err != nil {
+		return nil, fmt.Errorf("listen on ATRIUM_HTTP_ADDR %s: %w", cfg.HTTP.Addr, err)
+	}
+	host, _ := os.Hostname()
+	a.cluster = cluster.NewRegistry(a.redis, cluster.Instance{
+		ID: cfg.InstanceID, Version: version, Host: host, Addr: a.listener.Addr().String(), StartedAt: time.Now().UTC(),
+	}, 2*time.Second, a.checks, logging.Module(log, "cluster"))
+
+	if err := a.buildRouter(opts...); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func defaultInstanceID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "atrium"
+	}
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return host + "-" + hex.EncodeToString(b)
+}
+
+// ensureSchema applies pending migrations when allowed, and otherwise
+// refuses to run against a schema older than the binary.
+func (a *app) ensureSchema(ctx context.Context) error {
+	if a.cfg.ShouldMigrateOnStart() {
+		applied, err := a.migrator.Up(ctx)
+		if err != nil {
+			return fmt.Errorf("migrate on start: %w", err)
+		}
+		if len(applied) > 0 {
+			a.log.Info().Ints64("versions", applied).Msg("migrations applied")
+		}
+		return nil
+	}
+	cur, target, err := a.migrator.Versions(ctx)
+	if err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if pending, err := a.migrator.Pending(ctx); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	} else if pending {
+		return fmt.Errorf("database schema is at version %d but this binary needs %d: run `atrium migrate up` first, or set ATRIUM_MIGRATE_ON_START=true", cur, target)
+	}
+	return nil
+}
+
+// checks reports the health of each dependency, for /readyz and the
+// cluster heartbeat.
+func (a *app) checks(ctx context.Context) map[string]string {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	res := map[string]string{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	check := func(name string, f func() error) {
+		wg.Go(func() {
+			v := "ok"
+			if err := f(); err != nil {
+				v = err.Error()
+			}
+			mu.Lock()
+			res[name] = v
+			mu.Unlock()
+		})
+	}
+	check("postgres", func() error { return a.pool.Ping(ctx) })
+	check("redis", func() error { return a.redis.Ping(ctx) })
+	check("schema", func() error {
+		pending, err := a.migrator.Pending(ctx)
+		if err == nil && pending {
+			err = errors.New("migrations pending")
+		}
+		return err
+	})
+	wg.Wait()
+	return res
+}
+
+func (a *app) buildRouter(opts ...appOption) error {
+	trusted, err := httpx.ParsePrefixes(a.cfg.HTTP.TrustedProxies)
+	if err != nil {
+		return &config.Error{Var: "ATRIUM_HTTP_TRUSTED_PROXIES", Problem: err.Error()}
+	}
+	ui, err := web.New(web.Deps{Cluster: a.cluster, Log: logging.Module(a.log, "web"), Version: version,
+		InstanceID: a.cfg.InstanceID, Env: a.cfg.Env})
+	if err != nil {
+		return err
+	}
+	h := httpx.Adapter{Log: a.log}
+
+	r := chi.NewRouter()
+	r.Use(
+		httpx.RequestID,
+		httpx.TraceContext,
+		httpx.RealIP(trusted),
+		httpx.Observe(httpx.AccessLog(logging.Module(a.log, "http")), a.metrics.Observe),
+		httpx.Recover(a.log),
+		httpx.SecurityHeaders(!a.cfg.Development()),
+		httpx.BodyLimit(a.cfg.HTTP.BodyLimit),
+		httpx.Timeout(a.cfg.HTTP.RequestTimeout),
+	)
+	r.NotFound(h.H(func(w http.ResponseWriter, r *http.Request) error {
+		return errs.E(errs.NotFound, "no route for %s %s", r.Method, r.URL.Path)
+	}))
+	r.MethodNotAllowed(httpx.MethodNotAllowed(a.log))
+
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	r.Get("/readyz", a.readyz)
+	r.Method(http.MethodGet, "/metrics", a.metrics.Handler())
+	r.Route("/api/v1", func(r chi.Router) {
+		r.Get("/cluster/instances", h.H(a.listInstances))
+	})
+	r.Mount("/", ui.Routes())
+	a.router = r
+	for _, o := range opts {
+		o(a)
+	}
+	return nil
+}
+
+type readiness struct {
+	Status string            `json:"status"`
+	Checks map[string]string `json:"checks"`
+}
+
+func (a *app) readyz(w http.ResponseWriter, r *http.Request) {
+	if a.draining.Load() {
+		httpx.JSON(w, http.StatusServiceUnavailable, readiness{Status: "draining", Checks: map[string]string{}})
+		return
+	}
+	checks := a.checks(r.Context())
+	status, code := "ready", http.StatusOK
+	for _, v := range checks {
+		if v != "ok" {
+			status, code = "not_ready", http.StatusServiceUnavailable
+		}
+	}
+	httpx.JSON(w, code, readiness{Status: status, Checks: checks})
+}
+
+func (a *app) listInstances(w http.ResponseWriter, r *http.Request) error {
+	inst, err := a.cluster.List(r.Context())
+	if err != nil {
+		return errs.Wrap(errs.Unavailable, err, "cannot read the cluster from Redis")
+	}
+	if inst == nil {
+		inst = []cluster.Instance{}
+	}
+	httpx.JSON(w, http.StatusOK, map[string]any{"instances": inst})
+	return nil
+}
+
+// addr is the address the instance listens on (useful with port 0).
+func (a *app) addr() string { return a.listener.Addr().String() }
+
+// serve runs the HTTP server and the workers until ctx ends, then drains:
+// /readyz turns 503, the server stops accepting and gives in-flight
+// requests up to the shutdown grace period, workers stop, pools close.
+func (a *app) serve(ctx context.Context) error {
+	defer a.close()
+	srv := &http.Server{
+		Handler:           a.router,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          nil,
+	}
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	var workers sync.WaitGroup
+	workers.Go(func() { _ = a.cluster.Run(workCtx) })
+
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.Serve(a.listener) }()
+	a.log.Info().Str("addr", a.addr()).Str("env", a.cfg.Env).Str("version", version).Msg("atrium serving")
+
+	var err error
+	select {
+	case err = <-srvErr:
+		err = fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+		a.log.Info().Dur("grace", a.cfg.HTTP.ShutdownGrace).Msg("shutting down: draining in-flight requests")
+		a.draining.Store(true)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.HTTP.ShutdownGrace)
+		if serr := srv.Shutdown(sctx); serr != nil {
+			a.log.Warn().Err(serr).Msg("grace period over; closing remaining connections")
+			_ = srv.Close()
+		}
+		cancel()
+	}
+	stopWork()
+	workers.Wait()
+	a.log.Info().Msg("atrium stopped")
+	return err
+}
+
+func (a *app) close() {
+	if a.listener != nil {
+		_ = a.listener.Close()
+	}
+	if a.migrator != nil {
+		_ = a.migrator.Close()
+	}
+	if a.redis != nil {
+		_ = a.redis.Close()
+	}
+	if a.pool != nil {
+		a.pool.Close()
+	}
+}

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/atriumhq/atrium/platform/config"
+	"github.com/atriumhq/atrium/platform/logging"
+	"github.com/atriumhq/atrium/platform/testenv"
+	atriumsql "github.com/atriumhq/atrium/sql"
+)
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// instance is one real Atrium instance started by a test on port 0.
+type instance struct {
+	app  *app
+	URL  string
+	Logs *syncBuffer
+	stop context.CancelFunc
+	done chan struct{} // closed when serve returns
+	err  error         // serve's result, valid once done is closed
+}
+
+// Stop shuts the instance down gracefully and returns serve's error.
+func (i *instance) Stop() error {
+	i.stop()
+	<-i.done
+	return i.err
+}
+
+// testConfig is the configuration of a test instance: defaults as in
+// docs/operations.md, development mode, listening on a free port.
+func testConfig(dbURL, redisPrefix, id string) config.Config {
+	return config.Config{
+		Env:        "development",
+		InstanceID: id,
+		HTTP: config.HTTP{Addr: "127.0.0.1:0", BodyLimit: 1 << 20, RequestTimeout: 30 * time.Second,
+			ShutdownGrace: 5 * time.Second, TrustedProxies: []string{"127.0.0.0/8"}},
+		Database: config.Database{URL: dbURL, MaxConns: 8, ConnectTimeout: 5 * time.Second},
+		Redis:    config.Redis{URL: testenv.RedisURL(), Prefix: redisPrefix, Timeout: 500 * time.Millisecond},
+		Log:      config.Log{Level: "debug", Format: "json"},
+	}
+}
+
+// startInstance starts one instance with cfg and stops it when the test ends.
+func startInstance(t testing.TB, cfg config.Config, opts ...appOption) *instance {
+	t.Helper()
+	logs := &syncBuffer{}
+	log := logging.New(logs, "debug", "json", false)
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := newApp(ctx, cfg, log, opts...)
+	if err != nil {
+		cancel()
+		t.Fatalf("start instance %s: %v", cfg.InstanceID, err)
+	}
+	in := &instance{app: a, URL: "http://" + a.addr(), Logs: logs, stop: cancel, done: make(chan struct{})}
+	go func() {
+		in.err = a.serve(ctx)
+		close(in.done)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-in.done:
+		case <-time.After(10 * time.Second):
+			t.Errorf("instance %s did not stop", cfg.InstanceID)
+		}
+		if t.Failed() {
+			t.Logf("logs of %s:\n%s", cfg.InstanceID, logs.String())
+		}
+	})
+	waitReady(t, in.URL)
+	return in
+}
+
+// startCluster starts n real instances sharing one fresh database and one
+// Redis key space: the harness for propagation and failover tests.
+func startCluster(t testing.TB, n int, opts ...appOption) []*instance {
+	t.Helper()
+	dbURL := testenv.Database(t, atriumsql.Migrations())
+	prefix := testenv.RedisPrefix(t)
+	out := make([]*instance, n)
+	for i := range out {
+		out[i] = startInstance(t, testConfig(dbURL, prefix, fmt.Sprintf("test-%d", i)), opts...)
+	}
+	return out
+}
+
+func waitReady(t testing.TB, base string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s never became ready", base)
+}
+
+// eventually retries f until it returns nil or the timeout passes.
+func eventually(t testing.TB, timeout time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = f(); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("not within %s: %v", timeout, err)
+}

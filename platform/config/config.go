@@ -1,0 +1,299 @@
+// Package config loads Atrium's configuration from ATRIUM_* environment
+// variables into one struct, validates it, and prints it with secrets
+// redacted. Each module receives only its own part of the struct.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+)
+
+// Prefix is the prefix of every configuration variable.
+const Prefix = "ATRIUM"
+
+// Config is the whole configuration of one Atrium instance.
+type Config struct {
+	Env            string  `envconfig:"ENV" default:"production" desc:"development or production; development enables readable logs, migrations on start and non-Secure cookies"`
+	InstanceID     string  `envconfig:"INSTANCE_ID" desc:"stable name of this instance in the cluster list (default: host name plus a random suffix)"`
+	MigrateOnStart OptBool `envconfig:"MIGRATE_ON_START" desc:"apply pending migrations when serve starts (default: true in development, false in production)"`
+
+	HTTP     HTTP
+	Database Database
+	Redis    Redis
+	Log      Log
+}
+
+// HTTP configures the HTTP edge.
+type HTTP struct {
+	Addr           string        `envconfig:"ADDR" default:":8080" desc:"listen address of the HTTP server"`
+	TrustedProxies []string      `envconfig:"TRUSTED_PROXIES" desc:"comma-separated CIDRs of load balancers whose X-Forwarded-For is believed"`
+	BodyLimit      int64         `envconfig:"BODY_LIMIT" default:"1048576" desc:"largest accepted request body in bytes"`
+	RequestTimeout time.Duration `envconfig:"REQUEST_TIMEOUT" default:"30s" desc:"deadline of one API request"`
+	ShutdownGrace  time.Duration `envconfig:"SHUTDOWN_GRACE" default:"25s" desc:"time in-flight requests get to finish after SIGTERM"`
+}
+
+// Database configures PostgreSQL, the system of record.
+type Database struct {
+	URL            string        `envconfig:"URL" required:"true" secret:"true" desc:"PostgreSQL connection URL (postgres://user:pass@host:5432/db)"`
+	MaxConns       int32         `envconfig:"MAX_CONNS" default:"20" desc:"maximum connections in the pool"`
+	ConnectTimeout time.Duration `envconfig:"CONNECT_TIMEOUT" default:"60s" desc:"how long serve retries an unreachable database at start before exiting"`
+}
+
+// Redis configures Redis, the shared run-time state.
+type Redis struct {
+	URL     string        `envconfig:"URL" required:"true" secret:"true" desc:"Redis URL (redis://[:pass@]host:6379/0)"`
+	Prefix  string        `envconfig:"PREFIX" default:"atrium" desc:"prefix of every Redis key and channel (lets several deployments share one Redis)"`
+	Timeout time.Duration `envconfig:"TIMEOUT" default:"500ms" desc:"read and write timeout of one Redis command"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `envconfig:"LEVEL" default:"info" desc:"debug, info, warn or error"`
+	Format string `envconfig:"FORMAT" default:"auto" desc:"json, console, or auto (console on a terminal in development, else json)"`
+}
+
+// Development reports whether the instance runs in development mode.
+func (c Config) Development() bool { return c.Env == "development" }
+
+// ShouldMigrateOnStart reports whether serve applies pending migrations.
+func (c Config) ShouldMigrateOnStart() bool {
+	if c.MigrateOnStart.Set {
+		return c.MigrateOnStart.Value
+	}
+	return c.Development()
+}
+
+// Error is a configuration error naming the variable at fault.
+type Error struct {
+	Var     string
+	Problem string
+}
+
+func (e *Error) Error() string { return e.Var + ": " + e.Problem }
+
+// Load reads the configuration from the process environment. Every secret
+// variable X may instead be given as X_FILE, the path of a file holding it.
+// The returned error is an *Error naming the variable when it can.
+func Load() (Config, error) {
+	var c Config
+	if err := readSecretFiles(&c); err != nil {
+		return c, err
+	}
+	vars, err := Vars(&c)
+	if err != nil {
+		return c, err
+	}
+	for _, v := range vars {
+		if v.Required && os.Getenv(v.Key) == "" {
+			return c, &Error{Var: v.Key, Problem: "is required but not set (or set it through " + v.Key + "_FILE)"}
+		}
+	}
+	if err := envconfig.Process(Prefix, &c); err != nil {
+		var pe *envconfig.ParseError
+		if errors.As(err, &pe) {
+			want, ok := typeNames[pe.TypeName]
+			if !ok {
+				want = pe.TypeName
+			}
+			return c, &Error{Var: pe.KeyName, Problem: fmt.Sprintf("cannot parse %q: expected %s", pe.Value, want)}
+		}
+		return c, err
+	}
+	return c, c.Validate()
+}
+
+// typeNames says in words what each field type expects.
+var typeNames = map[string]string{
+	"config.OptBool": "a boolean (true or false)",
+	"bool":           "a boolean (true or false)",
+	"time.Duration":  "a duration such as 500ms, 30s or 5m",
+	"int32":          "an integer",
+	"int64":          "an integer",
+	"int":            "an integer",
+}
+
+// readSecretFiles sets X from the file named by X_FILE for every secret X
+// that is not set directly, before envconfig runs.
+func readSecretFiles(c *Config) error {
+	vars, err := Vars(c)
+	if err != nil {
+		return err
+	}
+	for _, v := range vars {
+		if !v.Secret {
+			continue
+		}
+		path, ok := os.LookupEnv(v.Key + "_FILE")
+		if !ok {
+			continue
+		}
+		if _, direct := os.LookupEnv(v.Key); direct {
+			return &Error{Var: v.Key + "_FILE", Problem: "set together with " + v.Key + "; set only one"}
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return &Error{Var: v.Key + "_FILE", Problem: "cannot read file: " + err.Error()}
+		}
+		if err := os.Setenv(v.Key, strings.TrimRight(string(b), "\r\n")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Validate checks values that parse but make no sense.
+func (c Config) Validate() error {
+	switch c.Env {
+	case "development", "production":
+	default:
+		return &Error{Var: "ATRIUM_ENV", Problem: fmt.Sprintf("must be development or production, got %q", c.Env)}
+	}
+	if _, _, err := net.SplitHostPort(c.HTTP.Addr); err != nil {
+		return &Error{Var: "ATRIUM_HTTP_ADDR", Problem: fmt.Sprintf("must be host:port or :port, got %q", c.HTTP.Addr)}
+	}
+	for _, p := range c.HTTP.TrustedProxies {
+		if _, _, err := net.ParseCIDR(strings.TrimSpace(p)); err != nil {
+			return &Error{Var: "ATRIUM_HTTP_TRUSTED_PROXIES", Problem: fmt.Sprintf("%q is not a CIDR such as 10.0.0.0/8", p)}
+		}
+	}
+	if c.HTTP.BodyLimit < 1024 {
+		return &Error{Var: "ATRIUM_HTTP_BODY_LIMIT", Problem: "must be at least 1024 bytes"}
+	}
+	if c.HTTP.RequestTimeout <= 0 {
+		return &Error{Var: "ATRIUM_HTTP_REQUEST_TIMEOUT", Problem: "must be a positive duration such as 30s"}
+	}
+	if c.HTTP.ShutdownGrace < 0 {
+		return &Error{Var: "ATRIUM_HTTP_SHUTDOWN_GRACE", Problem: "must not be negative"}
+	}
+	if u, err := url.Parse(c.Database.URL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return &Error{Var: "ATRIUM_DATABASE_URL", Problem: "must be a postgres:// URL"}
+	}
+	if c.Database.MaxConns < 2 {
+		return &Error{Var: "ATRIUM_DATABASE_MAX_CONNS", Problem: "must be at least 2"}
+	}
+	if u, err := url.Parse(c.Redis.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+		return &Error{Var: "ATRIUM_REDIS_URL", Problem: "must be a redis:// or rediss:// URL"}
+	}
+	if c.Redis.Prefix == "" || strings.ContainsAny(c.Redis.Prefix, " :*") {
+		return &Error{Var: "ATRIUM_REDIS_PREFIX", Problem: "must be a non-empty word without spaces, ':' or '*'"}
+	}
+	if c.Redis.Timeout <= 0 {
+		return &Error{Var: "ATRIUM_REDIS_TIMEOUT", Problem: "must be a positive duration such as 500ms"}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return &Error{Var: "ATRIUM_LOG_LEVEL", Problem: fmt.Sprintf("must be debug, info, warn or error, got %q", c.Log.Level)}
+	}
+	switch c.Log.Format {
+	case "auto", "json", "console":
+	default:
+		return &Error{Var: "ATRIUM_LOG_FORMAT", Problem: fmt.Sprintf("must be auto, json or console, got %q", c.Log.Format)}
+	}
+	return nil
+}
+
+// Var describes one configuration variable.
+type Var struct {
+	Key      string
+	Default  string
+	Required bool
+	Secret   bool
+	Desc     string
+	Value    string
+}
+
+// varsTemplate asks envconfig itself to list the variables, so that the key
+// names here are exactly the ones Load reads.
+const varsTemplate = "{{range .}}{{.Key}}\x1f{{.Tags.Get \"default\"}}\x1f{{.Tags.Get \"required\"}}\x1f{{.Tags.Get \"secret\"}}\x1f{{.Tags.Get \"desc\"}}\x1f{{.Field}}\x1e{{end}}"
+
+// Vars lists every configuration variable with its current value in c.
+func Vars(c *Config) ([]Var, error) {
+	var buf bytes.Buffer
+	if err := envconfig.Usagef(Prefix, c, &buf, varsTemplate); err != nil {
+		return nil, err
+	}
+	var out []Var
+	for _, rec := range strings.Split(buf.String(), "\x1e") {
+		if rec == "" {
+			continue
+		}
+		f := strings.Split(rec, "\x1f")
+		if len(f) != 6 {
+			return nil, fmt.Errorf("config: unexpected usage record %q", rec)
+		}
+		out = append(out, Var{Key: f[0], Default: f[1], Required: f[2] == "true", Secret: f[3] == "true", Desc: f[4], Value: f[5]})
+	}
+	return out, nil
+}
+
+// Dump writes the effective configuration, one variable a line, with secret
+// values redacted.
+func Dump(c Config, w io.Writer) error {
+	vars, err := Vars(&c)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, v := range vars {
+		val := strings.Trim(v.Value, "[]") // slices print as [a b]
+		switch {
+		case val == "":
+			val = "(unset)"
+		case v.Secret:
+			val = redact(val)
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", v.Key, val)
+	}
+	return tw.Flush()
+}
+
+// redact hides a secret. For URLs it keeps scheme, host and path, which are
+// useful when debugging and are not secret; everything else becomes "***".
+func redact(v string) string {
+	u, err := url.Parse(v)
+	if err != nil || u.Host == "" {
+		return "***"
+	}
+	if _, hasPass := u.User.Password(); hasPass {
+		u.User = url.UserPassword(u.User.Username(), "xxx")
+	}
+	u.RawQuery = ""
+	return u.String()
+}
+
+// OptBool is a boolean that remembers whether it was set at all, so that its
+// default can depend on other settings.
+type OptBool struct {
+	Set   bool
+	Value bool
+}
+
+// Decode implements envconfig.Decoder.
+func (b *OptBool) Decode(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	*b = OptBool{Set: true, Value: v}
+	return nil
+}
+
+// String prints the value, or nothing when unset.
+func (b OptBool) String() string {
+	if !b.Set {
+		return ""
+	}
+	return strconv.FormatBool(b.Value)
+}

@@ -1,0 +1,315 @@
+// Package httpx is Atrium's HTTP edge: the chi middleware stack every
+// request passes (request id, trace context, real client IP, panic
+// recovery, body limit, timeout, access log, security headers), the error
+// vocabulary's mapping to RFC 9457 problems, and strict JSON decoding.
+package httpx
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/rs/zerolog"
+
+	"github.com/atriumhq/atrium/platform/errs"
+	"github.com/atriumhq/atrium/platform/logging"
+)
+
+// RequestIDHeader carries the request id in and out.
+const RequestIDHeader = "X-Request-ID"
+
+// RequestID accepts a well-formed incoming X-Request-ID (from a load
+// balancer or client) or makes a new one, stores it in the context and
+// echoes it in the response.
+func RequestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get(RequestIDHeader)
+		if !validRequestID(id) {
+			id = randomHex(16)
+		}
+		w.Header().Set(RequestIDHeader, id)
+		next.ServeHTTP(w, r.WithContext(logging.WithRequestID(r.Context(), id)))
+	})
+}
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+type traceKey struct{}
+
+// Trace holds the W3C trace context of a request: the trace it belongs to
+// and the span this instance opened for it.
+type Trace struct {
+	TraceID string
+	SpanID  string
+	Flags   string
+}
+
+// Traceparent is the header value to send on outgoing calls made while
+// serving this request, so the downstream joins the same trace.
+func (t Trace) Traceparent() string { return "00-" + t.TraceID + "-" + t.SpanID + "-" + t.Flags }
+
+// TraceFrom returns the request's trace context, if any.
+func TraceFrom(ctx context.Context) (Trace, bool) {
+	t, ok := ctx.Value(traceKey{}).(Trace)
+	return t, ok
+}
+
+// TraceContext accepts an incoming W3C traceparent header or starts a new
+// trace, opens a span for this request, and puts the trace id on every log
+// line of the request. The response carries the traceparent of our span.
+func TraceContext(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t, ok := parseTraceparent(r.Header.Get("traceparent"))
+		if !ok {
+			t = Trace{TraceID: randomHex(16), Flags: "01"}
+		}
+		t.SpanID = randomHex(8)
+		w.Header().Set("traceparent", t.Traceparent())
+		ctx := context.WithValue(r.Context(), traceKey{}, t)
+		next.ServeHTTP(w, r.WithContext(logging.WithTraceID(ctx, t.TraceID)))
+	})
+}
+
+// parseTraceparent parses version 00 of the header:
+// 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>.
+func parseTraceparent(h string) (Trace, bool) {
+	p := strings.Split(strings.TrimSpace(h), "-")
+	if len(p) < 4 || len(p[0]) != 2 || p[0] == "ff" || len(p[1]) != 32 || len(p[2]) != 16 || len(p[3]) != 2 {
+		return Trace{}, false
+	}
+	if p[0] == "00" && len(p) != 4 {
+		return Trace{}, false
+	}
+	for _, s := range p[:4] {
+		if !isLowerHex(s) {
+			return Trace{}, false
+		}
+	}
+	if p[1] == strings.Repeat("0", 32) || p[2] == strings.Repeat("0", 16) {
+		return Trace{}, false
+	}
+	return Trace{TraceID: p[1], Flags: p[3]}, true
+}
+
+func isLowerHex(s string) bool {
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+type clientIPKey struct{}
+
+// ClientIP returns the real client address found by RealIP.
+func ClientIP(ctx context.Context) string {
+	s, _ := ctx.Value(clientIPKey{}).(string)
+	return s
+}
+
+// RealIP finds the client's address. X-Forwarded-For is believed only when
+// the connection comes from a trusted proxy, and then only as far back as
+// the hops are trusted: the right-most untrusted address is the client.
+func RealIP(trusted []netip.Prefix) func(http.Handler) http.Handler {
+	isTrusted := func(a netip.Addr) bool {
+		for _, p := range trusted {
+			if p.Contains(a.Unmap()) {
+				return true
+			}
+		}
+		return false
+	}
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			host, _, err := net.SplitHostPort(r.RemoteAddr)
+			if err != nil {
+				host = r.RemoteAddr
+			}
+			client := host
+			if peer, err := netip.ParseAddr(host); err == nil && isTrusted(peer) {
+				hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+				for i := len(hops) - 1; i >= 0; i-- {
+					a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+					if err != nil {
+						break
+					}
+					client = a.Unmap().String()
+					if !isTrusted(a) {
+						break
+					}
+				}
+			}
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), clientIPKey{}, client)))
+		})
+	}
+}
+
+// ParsePrefixes parses CIDRs such as those of ATRIUM_HTTP_TRUSTED_PROXIES.
+func ParsePrefixes(cidrs []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(cidrs))
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// Recover turns a panic into a logged internal error and a 500 problem.
+func Recover(log zerolog.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer func() {
+				v := recover()
+				if v == nil {
+					return
+				}
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				log.Error().Ctx(r.Context()).Interface("panic", v).Bytes("stack", debug.Stack()).Msg("panic while serving request")
+				WriteError(w, r, log, errs.E(errs.Internal, "panic"))
+			}()
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// BodyLimit caps request bodies; Decode reports the excess as too_large.
+func BodyLimit(n int64) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.ContentLength > n {
+				WriteError(w, r, zerolog.Nop(), errs.E(errs.TooLarge, "body exceeds %d bytes", n))
+				return
+			}
+			r.Body = http.MaxBytesReader(w, r.Body, n)
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// Timeout gives each request a deadline. Handlers and everything they call
+// take ctx, so the work stops when the deadline passes.
+func Timeout(d time.Duration) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx, cancel := context.WithTimeout(r.Context(), d)
+			defer cancel()
+			next.ServeHTTP(w, r.WithContext(ctx))
+		})
+	}
+}
+
+// ContentSecurityPolicy is strict: no inline script or style, no third
+// parties, no framing. The admin UI is built to live within it.
+const ContentSecurityPolicy = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+	"connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+
+// SecurityHeaders sets the headers every response carries.
+func SecurityHeaders(production bool) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h := w.Header()
+			h.Set("Content-Security-Policy", ContentSecurityPolicy)
+			h.Set("X-Content-Type-Options", "nosniff")
+			h.Set("X-Frame-Options", "DENY")
+			h.Set("Referrer-Policy", "same-origin")
+			h.Set("Cross-Origin-Opener-Policy", "same-origin")
+			h.Set("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+			if production {
+				h.Set("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// Observation is what Observe reports about one finished request.
+type Observation struct {
+	Method   string
+	Route    string // the chi route pattern, or "unmatched"
+	Status   int
+	Bytes    int
+	Duration time.Duration
+}
+
+// Observe wraps the response writer once and reports every finished request
+// to each observer (the access log and the metrics).
+func Observe(observers ...func(*http.Request, Observation)) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+			defer func() {
+				o := Observation{Method: r.Method, Route: routePattern(r), Status: ww.Status(), Bytes: ww.BytesWritten(), Duration: time.Since(start)}
+				if o.Status == 0 {
+					o.Status = http.StatusOK
+				}
+				for _, f := range observers {
+					f(r, o)
+				}
+			}()
+			next.ServeHTTP(ww, r)
+		})
+	}
+}
+
+func routePattern(r *http.Request) string {
+	if rc := chi.RouteContext(r.Context()); rc != nil {
+		if p := rc.RoutePattern(); p != "" {
+			return p
+		}
+	}
+	return "unmatched"
+}
+
+// quietRoutes are probes and scrapes: logged at debug level only.
+var quietRoutes = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
+
+// AccessLog returns an observer that logs one line per request.
+func AccessLog(log zerolog.Logger) func(*http.Request, Observation) {
+	return func(r *http.Request, o Observation) {
+		lvl := zerolog.InfoLevel
+		switch {
+		case o.Status >= 500:
+			lvl = zerolog.ErrorLevel
+		case quietRoutes[o.Route]:
+			lvl = zerolog.DebugLevel
+		}
+		e := log.WithLevel(lvl)
+		if e == nil {
+			return
+		}
+		e.Ctx(r.Context()).Str("method", o.Method).Str("path", r.URL.Path).Str("route", o.Route).
+			Int("status", o.Status).Int("bytes", o.Bytes).Dur("duration_ms", o.Duration).
+			Str("client_ip", ClientIP(r.Context())).Str("user_agent", r.UserAgent()).Msg("request")
+	}
+}

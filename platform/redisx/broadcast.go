@@ -1,0 +1,82 @@
+package redisx
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/rs/zerolog"
+)
+
+// Broadcast is a typed publish/subscribe channel that reaches every
+// instance: cache invalidations, run-time settings, revocations. Delivery is
+// at most once and only to instances subscribed at the time, so a
+// subscriber must also load the current state from PostgreSQL at start and
+// after a reconnect (see Subscribe's onReady).
+type Broadcast[T any] struct {
+	c       *Client
+	channel string
+}
+
+// NewBroadcast returns the broadcast named name.
+func NewBroadcast[T any](c *Client, name string) *Broadcast[T] {
+	return &Broadcast[T]{c: c, channel: c.Key("bc", name)}
+}
+
+// Publish sends v to every subscribed instance.
+func (b *Broadcast[T]) Publish(ctx context.Context, v T) error {
+	payload, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("broadcast %s: encode: %w", b.channel, err)
+	}
+	if err := b.c.Publish(ctx, b.channel, payload).Err(); err != nil {
+		return fmt.Errorf("broadcast %s: publish: %w", b.channel, err)
+	}
+	return nil
+}
+
+// Subscribe calls fn for every message until ctx ends. onReady, if not nil,
+// is called each time the subscription is (re)established, after which no
+// message is missed until the next disconnect: reload state there. A
+// message that does not decode is logged and skipped. Subscribe returns nil
+// when ctx ends.
+func (b *Broadcast[T]) Subscribe(ctx context.Context, log zerolog.Logger, onReady func(), fn func(T)) error {
+	ps := b.c.Subscribe(ctx)
+	defer ps.Close()
+	if err := ps.Subscribe(ctx, b.channel); err != nil {
+		return fmt.Errorf("broadcast %s: subscribe: %w", b.channel, err)
+	}
+	for {
+		msg, err := ps.Receive(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			// go-redis redials and resubscribes on the next Receive; the
+			// confirmation arrives as a *redis.Subscription below.
+			log.Warn().Err(err).Str("channel", b.channel).Msg("broadcast connection lost; resubscribing")
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(500 * time.Millisecond):
+			}
+			continue
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" && onReady != nil {
+				onReady()
+			}
+		case *redis.Message:
+			var v T
+			if err := json.Unmarshal([]byte(m.Payload), &v); err != nil {
+				log.Error().Err(err).Str("channel", b.channel).Msg("broadcast message does not decode; skipped")
+				continue
+			}
+			fn(v)
+		}
+	}
+}
