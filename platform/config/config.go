@@ -87,7 +87,16 @@ func (e *Error) Error() string { return e.Var + ": " + e.Problem }
 // The returned error is an *Error naming the variable when it can.
 func Load() (Config, error) {
 	var c Config
-	if err := readSecretFiles(&c); err != nil {
+	fromFiles, err := readSecretFiles(&c)
+	// A secret read from X_FILE is in the environment only while Load runs:
+	// child processes must not inherit it, and a second Load must again see
+	// X_FILE alone rather than X and X_FILE together.
+	defer func() {
+		for _, k := range fromFiles {
+			_ = os.Unsetenv(k)
+		}
+	}()
+	if err != nil {
 		return c, err
 	}
 	vars, err := Vars(&c)
@@ -96,7 +105,11 @@ func Load() (Config, error) {
 	}
 	for _, v := range vars {
 		if v.Required && os.Getenv(v.Key) == "" {
-			return c, &Error{Var: v.Key, Problem: "is required but not set (or set it through " + v.Key + "_FILE)"}
+			problem := "is required but not set"
+			if v.Secret {
+				problem += " (or set it through " + v.Key + "_FILE)"
+			}
+			return c, &Error{Var: v.Key, Problem: problem}
 		}
 	}
 	if err := envconfig.Process(Prefix, &c); err != nil {
@@ -124,11 +137,12 @@ var typeNames = map[string]string{
 }
 
 // readSecretFiles sets X from the file named by X_FILE for every secret X
-// that is not set directly, before envconfig runs.
-func readSecretFiles(c *Config) error {
+// that is not set directly, before envconfig runs. It returns the variables
+// it set, even with an error, so that Load can unset them again.
+func readSecretFiles(c *Config) (set []string, err error) {
 	vars, err := Vars(c)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, v := range vars {
 		if !v.Secret {
@@ -139,17 +153,18 @@ func readSecretFiles(c *Config) error {
 			continue
 		}
 		if _, direct := os.LookupEnv(v.Key); direct {
-			return &Error{Var: v.Key + "_FILE", Problem: "set together with " + v.Key + "; set only one"}
+			return set, &Error{Var: v.Key + "_FILE", Problem: "set together with " + v.Key + "; set only one"}
 		}
 		b, err := os.ReadFile(path)
 		if err != nil {
-			return &Error{Var: v.Key + "_FILE", Problem: "cannot read file: " + err.Error()}
+			return set, &Error{Var: v.Key + "_FILE", Problem: "cannot read file: " + err.Error()}
 		}
 		if err := os.Setenv(v.Key, strings.TrimRight(string(b), "\r\n")); err != nil {
-			return err
+			return set, err
 		}
+		set = append(set, v.Key)
 	}
-	return nil
+	return set, nil
 }
 
 // Validate checks values that parse but make no sense.

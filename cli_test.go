@@ -1,0 +1,77 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+func TestCLI(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		env      map[string]string
+		code     int
+		out, err string // substrings expected on stdout / stderr
+	}{
+		{name: "no command", args: nil, code: 2, err: "Commands:"},
+		{name: "unknown command", args: []string{"frobnicate"}, code: 2, err: `unknown command "frobnicate"`},
+		{name: "help", args: []string{"--help"}, code: 0, out: "serve"},
+		{name: "version", args: []string{"version"}, code: 0, out: "atrium dev"},
+		{name: "serve help", args: []string{"serve", "--help"}, code: 0, err: "Usage: atrium serve"},
+		{name: "migrate help", args: []string{"migrate", "--help"}, code: 0, err: "down --to N"},
+		{name: "config help", args: []string{"config", "--help"}, code: 0, err: "secrets redacted"},
+		{name: "healthcheck help", args: []string{"healthcheck", "--help"}, code: 0, err: "/readyz"},
+		{name: "version help", args: []string{"version", "--help"}, code: 0, err: "Usage: atrium version"},
+		{name: "bad flag", args: []string{"serve", "--nope"}, code: 2, err: "flag provided but not defined"},
+		{name: "migrate without subcommand", args: []string{"migrate"}, code: 2, err: "needs a subcommand"},
+		{name: "migrate down without --to", args: []string{"migrate", "down"}, code: 2, err: "--to N"},
+		{name: "migrate unknown", args: []string{"migrate", "sideways"}, code: 2, err: `unknown migrate subcommand "sideways"`},
+		{name: "config missing database", args: []string{"config"}, env: map[string]string{"ATRIUM_DATABASE_URL": ""},
+			code: 2, err: "ATRIUM_DATABASE_URL: is required"},
+		{name: "serve with bad env", args: []string{"serve"}, env: map[string]string{"ATRIUM_ENV": "staging"},
+			code: 2, err: "ATRIUM_ENV: must be development or production"},
+		{name: "serve with bad duration", args: []string{"serve"}, env: map[string]string{"ATRIUM_HTTP_SHUTDOWN_GRACE": "soon"},
+			code: 2, err: "ATRIUM_HTTP_SHUTDOWN_GRACE"},
+		{name: "config redacts", args: []string{"config"}, env: map[string]string{"ATRIUM_DATABASE_URL": "postgres://app:hunter2@db:5432/atrium"},
+			code: 0, out: "postgres://app:xxx@db:5432/atrium"},
+		{name: "healthcheck nothing listening", args: []string{"healthcheck", "--url", "http://127.0.0.1:1/readyz"}, code: 1, err: "not ready"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("ATRIUM_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/atrium")
+			t.Setenv("ATRIUM_REDIS_URL", "redis://127.0.0.1:6379/0")
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			var stdout, stderr bytes.Buffer
+			code := exitCode(run(context.Background(), tc.args, nil, &stdout, &stderr), &stderr)
+			if code != tc.code {
+				t.Errorf("exit code %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, stdout.String(), stderr.String())
+			}
+			if !strings.Contains(stdout.String(), tc.out) {
+				t.Errorf("stdout %q lacks %q", stdout.String(), tc.out)
+			}
+			if !strings.Contains(stderr.String(), tc.err) {
+				t.Errorf("stderr %q lacks %q", stderr.String(), tc.err)
+			}
+			if strings.Contains(stdout.String()+stderr.String(), "hunter2") {
+				t.Error("a secret was printed")
+			}
+		})
+	}
+}
+
+func TestHealthcheckAgainstARunningInstance(t *testing.T) {
+	in := startCluster(t, 1)[0]
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"healthcheck", "--url", in.URL + "/readyz"}, nil, &stdout, &stderr)
+	if err != nil || !strings.Contains(stdout.String(), "ready") {
+		t.Fatalf("healthcheck: %v %s", err, stderr.String())
+	}
+	in.app.draining.Store(true)
+	defer in.app.draining.Store(false)
+	if err := run(context.Background(), []string{"healthcheck", "--url", in.URL + "/readyz"}, nil, &stdout, &stderr); err == nil {
+		t.Fatal("healthcheck passed while the instance drains")
+	}
+}
