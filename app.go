@@ -149,27 +149,28 @@ func (a *app) ensureSchema(ctx context.Context) error {
 }
 
 // checks reports the health of each dependency, for /readyz and the
-// cluster heartbeat.
+// cluster heartbeat: "ok" or a short, client-safe word; the cause is logged.
 func (a *app) checks(ctx context.Context) map[string]string {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	res := map[string]string{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	check := func(name string, f func() error) {
+	check := func(name, failure string, f func() error) {
 		wg.Go(func() {
 			v := "ok"
 			if err := f(); err != nil {
-				v = err.Error()
+				v = failure
+				a.log.Warn().Ctx(ctx).Err(err).Str("dependency", name).Msg("dependency check failed")
 			}
 			mu.Lock()
 			res[name] = v
 			mu.Unlock()
 		})
 	}
-	check("postgres", func() error { return a.pool.Ping(ctx) })
-	check("redis", func() error { return a.redis.Ping(ctx) })
-	check("schema", func() error {
+	check("postgres", "unreachable", func() error { return a.pool.Ping(ctx) })
+	check("redis", "unreachable", func() error { return a.redis.Ping(ctx) })
+	check("schema", "behind", func() error {
 		pending, err := a.migrator.Pending(ctx)
 		if err == nil && pending {
 			err = errors.New("migrations pending")
@@ -224,6 +225,11 @@ func (a *app) buildRouter(opts ...appOption) error {
 	return nil
 }
 
+// readiness is the /readyz body. PostgreSQL (and a current schema) gate
+// readiness: without the system of record an instance can serve nothing
+// safely. Redis does not: every instance shares it, so failing readiness on
+// a Redis outage would empty the load balancer; instead the instance reports
+// "degraded" and each module applies its documented Redis-down policy.
 type readiness struct {
 	Status string            `json:"status"`
 	Checks map[string]string `json:"checks"`
@@ -236,10 +242,11 @@ func (a *app) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	checks := a.checks(r.Context())
 	status, code := "ready", http.StatusOK
-	for _, v := range checks {
-		if v != "ok" {
-			status, code = "not_ready", http.StatusServiceUnavailable
-		}
+	switch {
+	case checks["postgres"] != "ok" || checks["schema"] != "ok":
+		status, code = "not_ready", http.StatusServiceUnavailable
+	case checks["redis"] != "ok":
+		status = "degraded"
 	}
 	httpx.JSON(w, code, readiness{Status: status, Checks: checks})
 }

@@ -261,3 +261,22 @@ func TestMigrationsUpDownRoundTrip(t *testing.T) {
 		t.Fatalf("status after up:\n%s", out.String())
 	}
 }
+
+func TestRedisOutageDegradesButKeepsTheInstanceReady(t *testing.T) {
+	cfg := testConfig(testenv.Database(t, atriumsql.Migrations()), testenv.RedisPrefix(t), "no-redis")
+	cfg.Redis.URL = "redis://127.0.0.1:1/0"
+	cfg.Redis.Timeout = 100 * time.Millisecond
+	in := startInstance(t, cfg)
+	resp, body := call(t, "GET", in.URL+"/readyz", nil, nil)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"status":"degraded"`) || !strings.Contains(string(body), `"redis":"unreachable"`) {
+		t.Fatalf("readyz without Redis: %d %s", resp.StatusCode, body)
+	}
+	if strings.Contains(string(body), "connection refused") {
+		t.Fatalf("readyz leaks the error text: %s", body)
+	}
+	// The cluster list needs Redis: a clear 503 problem, not a 500.
+	resp, body = call(t, "GET", in.URL+"/api/v1/cluster/instances", nil, nil)
+	if resp.StatusCode != 503 || !strings.Contains(string(body), `"code":"unavailable"`) {
+		t.Fatalf("instances without Redis: %d %s", resp.StatusCode, body)
+	}
+}

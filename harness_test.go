@@ -68,7 +68,7 @@ func testConfig(dbURL, redisPrefix, id string) config.Config {
 func startInstance(t testing.TB, cfg config.Config, opts ...appOption) *instance {
 	t.Helper()
 	logs := &syncBuffer{}
-	log := logging.New(logs, "debug", "json", false)
+	log := logging.New(logs, cfg.Log.Level, "json", false)
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := newApp(ctx, cfg, log, opts...)
 	if err != nil {

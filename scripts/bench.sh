@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# make bench: Go micro-benchmarks, then an HTTP load run with wrk comparing
+# GET /healthz through Atrium's full middleware stack against a bare
+# net/http handler, both measured in this run on this machine. Figures are
+# reported as ratios against the baseline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+DURATION=${BENCH_DURATION:-5s}
+CONNS=${BENCH_CONNS:-32}
+ROUNDS=${BENCH_ROUNDS:-3}
+OUT=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
+
+echo "== Go benchmarks (go test -bench) =="
+go test -run '^$' -bench . -benchmem -count 1 ./... 2>&1 | grep -E '^(Benchmark|ok|FAIL|---)' | grep -v 'no test files' | tee "$OUT/go.txt"
+
+echo
+echo "== HTTP load: GET /healthz, wrk -t1 -c$CONNS -d$DURATION, $ROUNDS alternating rounds =="
+go build -o "$OUT/bare" ./scripts/bareserver
+"$OUT/bare" -addr 127.0.0.1:18081 & 
+ATRIUM_ENV=production ATRIUM_LOG_LEVEL=info ATRIUM_MIGRATE_ON_START=true ATRIUM_HTTP_ADDR=127.0.0.1:18080 \
+  ATRIUM_DATABASE_URL="$PG_URL/atrium?sslmode=disable" ATRIUM_REDIS_URL="$REDIS_URL" ATRIUM_REDIS_PREFIX=atrium-bench \
+  ./bin/atrium serve >"$OUT/atrium.log" 2>&1 &
+for _ in $(seq 1 50); do
+  curl -fs http://127.0.0.1:18080/readyz >/dev/null 2>&1 && curl -fs http://127.0.0.1:18081/healthz >/dev/null 2>&1 && break
+  sleep 0.2
+done
+
+rps() { wrk -t1 -c"$CONNS" -d"$DURATION" "$1" | awk '/Requests\/sec/ {print $2}'; }
+bare=(); full=()
+for r in $(seq 1 "$ROUNDS"); do
+  bare+=("$(rps http://127.0.0.1:18081/healthz)")
+  full+=("$(rps http://127.0.0.1:18080/healthz)")
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+mb=$(median "${bare[@]}"); mf=$(median "${full[@]}")
+printf '\n%-44s %14s %10s\n' "case" "req/s (median)" "ratio"
+printf '%-44s %14.0f %10s\n' "bare net/http handler (baseline)" "$mb" "1.00"
+printf '%-44s %14.0f %10.2f\n' "atrium full middleware stack" "$mf" "$(awk -v a="$mf" -v b="$mb" 'BEGIN {print a/b}')"
+printf '\nrounds (bare): %s\nrounds (full): %s\ntarget: full stack >= 0.70 of the bare handler\n' "${bare[*]}" "${full[*]}"
