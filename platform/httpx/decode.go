@@ -29,6 +29,9 @@ func Decode(r *http.Request, dst any) error {
 		return decodeError(err)
 	}
 	if err := dec.Decode(&struct{}{}); !errors.Is(err, io.EOF) {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			return decodeError(err) // a small object padded past the limit
+		}
 		return errs.E(errs.Invalid, "body must hold a single JSON object")
 	}
 	return checkRequired(reflect.ValueOf(dst), "")

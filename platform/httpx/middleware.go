@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -194,7 +195,7 @@ func Recover(log zerolog.Logger) func(http.Handler) http.Handler {
 				if v == http.ErrAbortHandler {
 					panic(v)
 				}
-				log.Error().Ctx(r.Context()).Interface("panic", v).Bytes("stack", debug.Stack()).Msg("panic while serving request")
+				log.Error().Ctx(r.Context()).Str("panic", fmt.Sprint(v)).Bytes("stack", debug.Stack()).Msg("panic while serving request")
 				WriteError(w, r, log, errs.E(errs.Internal, "panic"))
 			}()
 			next.ServeHTTP(w, r)

@@ -1,0 +1,511 @@
+package config_test
+
+import (
+	"bufio"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/atriumhq/atrium/platform/config"
+)
+
+const (
+	testDatabaseURL = "postgres://atrium@127.0.0.1:5432/atrium"
+	testRedisURL    = "redis://127.0.0.1:6379/0"
+)
+
+// unset in an env map means "remove the variable" rather than "set it empty".
+const unset = "\x00unset"
+
+// setEnv gives the test an environment in which every variable config reads,
+// and the _FILE form of each, is unset, then applies the two required
+// variables and env on top. t.Setenv records every variable first, so its
+// cleanup restores the caller's environment whatever Load or the test did.
+func setEnv(t *testing.T, env map[string]string) {
+	t.Helper()
+	vars, err := config.Vars(&config.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vars {
+		for _, k := range []string{v.Key, v.Key + "_FILE"} {
+			t.Setenv(k, "")
+			if err := os.Unsetenv(k); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	all := map[string]string{"ATRIUM_DATABASE_URL": testDatabaseURL, "ATRIUM_REDIS_URL": testRedisURL}
+	for k, v := range env {
+		all[k] = v
+	}
+	for k, v := range all {
+		t.Setenv(k, "") // registers k for restoration even if it is unset below
+		if v == unset {
+			if err := os.Unsetenv(k); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		t.Setenv(k, v)
+	}
+}
+
+// load runs config.Load in an environment prepared by setEnv.
+func load(t *testing.T, env map[string]string) (config.Config, error) {
+	t.Helper()
+	setEnv(t, env)
+	return config.Load()
+}
+
+// wantError fails t unless err is a *config.Error naming variable with a
+// problem containing problem.
+func wantError(t *testing.T, err error, variable, problem string) {
+	t.Helper()
+	var cerr *config.Error
+	if !errors.As(err, &cerr) {
+		t.Fatalf("got error %v (%T), want a *config.Error naming %s", err, err, variable)
+	}
+	if cerr.Var != variable {
+		t.Errorf("error names %s, want %s (error: %v)", cerr.Var, variable, err)
+	}
+	if !strings.Contains(cerr.Problem, problem) {
+		t.Errorf("problem %q, want it to contain %q", cerr.Problem, problem)
+	}
+	if !strings.HasPrefix(err.Error(), variable+": ") {
+		t.Errorf("message %q does not start with the variable name", err.Error())
+	}
+}
+
+func TestLoadDefaults(t *testing.T) {
+	c, err := load(t, nil)
+	if err != nil {
+		t.Fatalf("Load with only the required variables: %v", err)
+	}
+	want := config.Config{
+		Env: "production",
+		HTTP: config.HTTP{
+			Addr:           ":8080",
+			BodyLimit:      1 << 20,
+			RequestTimeout: 30 * time.Second,
+			ShutdownGrace:  25 * time.Second,
+		},
+		Database: config.Database{URL: testDatabaseURL, MaxConns: 20, ConnectTimeout: 60 * time.Second},
+		Redis:    config.Redis{URL: testRedisURL, Prefix: "atrium", Timeout: 500 * time.Millisecond},
+		Log:      config.Log{Level: "info", Format: "auto"},
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("Load() =\n%+v\nwant\n%+v", c, want)
+	}
+	if c.Development() || c.ShouldMigrateOnStart() {
+		t.Errorf("defaults: Development() = %v, ShouldMigrateOnStart() = %v; want production without migrations on start",
+			c.Development(), c.ShouldMigrateOnStart())
+	}
+}
+
+func TestLoadRequired(t *testing.T) {
+	for _, key := range []string{"ATRIUM_DATABASE_URL", "ATRIUM_REDIS_URL"} {
+		for _, value := range []string{unset, ""} {
+			name := key + "/unset"
+			if value == "" {
+				name = key + "/empty"
+			}
+			t.Run(name, func(t *testing.T) {
+				_, err := load(t, map[string]string{key: value})
+				wantError(t, err, key, "is required but not set")
+			})
+		}
+	}
+}
+
+// TestRequiredHint checks that the "set it through X_FILE" hint appears for
+// a missing required variable exactly when X may come from a file.
+func TestRequiredHint(t *testing.T) {
+	vars, err := config.Vars(&config.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vars {
+		if !v.Required {
+			continue
+		}
+		t.Run(v.Key, func(t *testing.T) {
+			_, err := load(t, map[string]string{v.Key: unset})
+			var cerr *config.Error
+			if !errors.As(err, &cerr) || cerr.Var != v.Key {
+				t.Fatalf("got %v, want a *config.Error naming %s", err, v.Key)
+			}
+			hint := strings.Contains(cerr.Problem, v.Key+"_FILE")
+			if hint != v.Secret {
+				t.Errorf("secret=%v but the problem %q mentions %s_FILE: %v", v.Secret, cerr.Problem, v.Key, hint)
+			}
+		})
+	}
+}
+
+func TestLoadUnparsable(t *testing.T) {
+	for _, tc := range []struct {
+		key, value, want string
+	}{
+		{"ATRIUM_HTTP_REQUEST_TIMEOUT", "soon", "expected a duration such as 500ms, 30s or 5m"},
+		{"ATRIUM_HTTP_SHUTDOWN_GRACE", "25", "expected a duration"},
+		{"ATRIUM_DATABASE_CONNECT_TIMEOUT", "1 minute", "expected a duration"},
+		{"ATRIUM_REDIS_TIMEOUT", "fast", "expected a duration"},
+		{"ATRIUM_HTTP_BODY_LIMIT", "1MB", "expected an integer"},
+		{"ATRIUM_DATABASE_MAX_CONNS", "many", "expected an integer"},
+		{"ATRIUM_DATABASE_MAX_CONNS", "3000000000", "expected an integer"}, // overflows int32
+		{"ATRIUM_MIGRATE_ON_START", "maybe", "expected a boolean (true or false)"},
+		{"ATRIUM_MIGRATE_ON_START", "", "expected a boolean"},
+	} {
+		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
+			_, err := load(t, map[string]string{tc.key: tc.value})
+			wantError(t, err, tc.key, tc.want)
+			if !strings.Contains(err.Error(), `"`+tc.value+`"`) {
+				t.Errorf("message %q does not quote the value %q", err.Error(), tc.value)
+			}
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		wantVar string // "" when the configuration is valid
+		problem string
+	}{
+		{"development", map[string]string{"ATRIUM_ENV": "development"}, "", ""},
+		{"env unknown", map[string]string{"ATRIUM_ENV": "staging"}, "ATRIUM_ENV", `must be development or production, got "staging"`},
+		{"env empty", map[string]string{"ATRIUM_ENV": ""}, "ATRIUM_ENV", "must be development or production"},
+
+		{"addr host and port", map[string]string{"ATRIUM_HTTP_ADDR": "127.0.0.1:0"}, "", ""},
+		{"addr without port", map[string]string{"ATRIUM_HTTP_ADDR": "8080"}, "ATRIUM_HTTP_ADDR", `must be host:port or :port, got "8080"`},
+
+		{"proxies", map[string]string{"ATRIUM_HTTP_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8"}, "", ""},
+		{"proxies bad CIDR", map[string]string{"ATRIUM_HTTP_TRUSTED_PROXIES": "10.0.0.0/8,lb.internal"},
+			"ATRIUM_HTTP_TRUSTED_PROXIES", `"lb.internal" is not a CIDR`},
+		{"proxies address without mask", map[string]string{"ATRIUM_HTTP_TRUSTED_PROXIES": "10.0.0.1"},
+			"ATRIUM_HTTP_TRUSTED_PROXIES", `"10.0.0.1" is not a CIDR`},
+
+		{"body limit minimum", map[string]string{"ATRIUM_HTTP_BODY_LIMIT": "1024"}, "", ""},
+		{"body limit too small", map[string]string{"ATRIUM_HTTP_BODY_LIMIT": "1023"}, "ATRIUM_HTTP_BODY_LIMIT", "at least 1024"},
+
+		{"request timeout zero", map[string]string{"ATRIUM_HTTP_REQUEST_TIMEOUT": "0s"}, "ATRIUM_HTTP_REQUEST_TIMEOUT", "positive duration"},
+		{"request timeout negative", map[string]string{"ATRIUM_HTTP_REQUEST_TIMEOUT": "-1s"}, "ATRIUM_HTTP_REQUEST_TIMEOUT", "positive duration"},
+
+		{"shutdown grace zero", map[string]string{"ATRIUM_HTTP_SHUTDOWN_GRACE": "0s"}, "", ""},
+		{"shutdown grace negative", map[string]string{"ATRIUM_HTTP_SHUTDOWN_GRACE": "-1s"}, "ATRIUM_HTTP_SHUTDOWN_GRACE", "must not be negative"},
+
+		{"database postgresql scheme", map[string]string{"ATRIUM_DATABASE_URL": "postgresql://u@h/db"}, "", ""},
+		{"database other scheme", map[string]string{"ATRIUM_DATABASE_URL": "mysql://u:p@h/db"}, "ATRIUM_DATABASE_URL", "must be a postgres:// URL"},
+		{"database key=value string", map[string]string{"ATRIUM_DATABASE_URL": "host=h dbname=db"}, "ATRIUM_DATABASE_URL", "must be a postgres:// URL"},
+
+		{"max conns minimum", map[string]string{"ATRIUM_DATABASE_MAX_CONNS": "2"}, "", ""},
+		{"max conns too few", map[string]string{"ATRIUM_DATABASE_MAX_CONNS": "1"}, "ATRIUM_DATABASE_MAX_CONNS", "at least 2"},
+
+		{"redis TLS", map[string]string{"ATRIUM_REDIS_URL": "rediss://:p@h:6380/0"}, "", ""},
+		{"redis other scheme", map[string]string{"ATRIUM_REDIS_URL": "http://h:6379"}, "ATRIUM_REDIS_URL", "must be a redis:// or rediss:// URL"},
+		{"redis host only", map[string]string{"ATRIUM_REDIS_URL": "h:6379"}, "ATRIUM_REDIS_URL", "must be a redis:// or rediss:// URL"},
+
+		{"prefix", map[string]string{"ATRIUM_REDIS_PREFIX": "atrium-staging_2"}, "", ""},
+		{"prefix with colon", map[string]string{"ATRIUM_REDIS_PREFIX": "atrium:eu"}, "ATRIUM_REDIS_PREFIX", "without spaces, ':' or '*'"},
+		{"prefix with space", map[string]string{"ATRIUM_REDIS_PREFIX": "atrium eu"}, "ATRIUM_REDIS_PREFIX", "without spaces"},
+		{"prefix with star", map[string]string{"ATRIUM_REDIS_PREFIX": "atrium*"}, "ATRIUM_REDIS_PREFIX", "'*'"},
+		{"prefix empty", map[string]string{"ATRIUM_REDIS_PREFIX": ""}, "ATRIUM_REDIS_PREFIX", "non-empty"},
+
+		{"redis timeout zero", map[string]string{"ATRIUM_REDIS_TIMEOUT": "0s"}, "ATRIUM_REDIS_TIMEOUT", "positive duration"},
+
+		{"log level debug", map[string]string{"ATRIUM_LOG_LEVEL": "debug"}, "", ""},
+		{"log level unknown", map[string]string{"ATRIUM_LOG_LEVEL": "verbose"}, "ATRIUM_LOG_LEVEL", `must be debug, info, warn or error, got "verbose"`},
+		{"log level upper case", map[string]string{"ATRIUM_LOG_LEVEL": "INFO"}, "ATRIUM_LOG_LEVEL", "must be debug, info, warn or error"},
+
+		{"log format console", map[string]string{"ATRIUM_LOG_FORMAT": "console"}, "", ""},
+		{"log format unknown", map[string]string{"ATRIUM_LOG_FORMAT": "xml"}, "ATRIUM_LOG_FORMAT", `must be auto, json or console, got "xml"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := load(t, tc.env)
+			if tc.wantVar == "" {
+				if err != nil {
+					t.Fatalf("Load: %v, want a valid configuration", err)
+				}
+				return
+			}
+			wantError(t, err, tc.wantVar, tc.problem)
+		})
+	}
+}
+
+// writeFile writes content to a new file in a temporary directory and
+// returns its path.
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestSecretFiles(t *testing.T) {
+	const fileURL = "postgres://atrium:s3cret@db.internal:5432/atrium?sslmode=verify-full"
+
+	t.Run("read with trailing newline trimmed", func(t *testing.T) {
+		for _, content := range []string{fileURL, fileURL + "\n", fileURL + "\r\n"} {
+			c, err := load(t, map[string]string{"ATRIUM_DATABASE_URL": unset, "ATRIUM_DATABASE_URL_FILE": writeFile(t, content)})
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if c.Database.URL != fileURL {
+				t.Errorf("file %q: Database.URL = %q, want %q", content, c.Database.URL, fileURL)
+			}
+		}
+	})
+
+	t.Run("both secrets from files", func(t *testing.T) {
+		c, err := load(t, map[string]string{
+			"ATRIUM_DATABASE_URL": unset, "ATRIUM_DATABASE_URL_FILE": writeFile(t, fileURL+"\n"),
+			"ATRIUM_REDIS_URL": unset, "ATRIUM_REDIS_URL_FILE": writeFile(t, "rediss://:s3cret@cache:6380/1\n"),
+		})
+		if err != nil {
+			t.Fatalf("Load: %v", err)
+		}
+		if c.Database.URL != fileURL || c.Redis.URL != "rediss://:s3cret@cache:6380/1" {
+			t.Errorf("Database.URL = %q, Redis.URL = %q", c.Database.URL, c.Redis.URL)
+		}
+	})
+
+	t.Run("secret stays out of the environment and Load repeats", func(t *testing.T) {
+		setEnv(t, map[string]string{"ATRIUM_DATABASE_URL": unset, "ATRIUM_DATABASE_URL_FILE": writeFile(t, fileURL)})
+		for i := range 2 {
+			c, err := config.Load()
+			if err != nil {
+				t.Fatalf("Load #%d: %v", i+1, err)
+			}
+			if c.Database.URL != fileURL {
+				t.Errorf("Load #%d: Database.URL = %q, want %q", i+1, c.Database.URL, fileURL)
+			}
+			if v, ok := os.LookupEnv("ATRIUM_DATABASE_URL"); ok {
+				t.Errorf("after Load #%d the secret is in the process environment (child processes inherit it): %q", i+1, v)
+			}
+		}
+	})
+
+	t.Run("unreadable file", func(t *testing.T) {
+		for _, path := range []string{filepath.Join(t.TempDir(), "missing"), t.TempDir()} {
+			_, err := load(t, map[string]string{"ATRIUM_DATABASE_URL": unset, "ATRIUM_DATABASE_URL_FILE": path})
+			wantError(t, err, "ATRIUM_DATABASE_URL_FILE", "cannot read file")
+		}
+	})
+
+	t.Run("error after an earlier file was read", func(t *testing.T) {
+		_, err := load(t, map[string]string{
+			"ATRIUM_DATABASE_URL": unset, "ATRIUM_DATABASE_URL_FILE": writeFile(t, fileURL),
+			"ATRIUM_REDIS_URL": unset, "ATRIUM_REDIS_URL_FILE": filepath.Join(t.TempDir(), "missing"),
+		})
+		wantError(t, err, "ATRIUM_REDIS_URL_FILE", "cannot read file")
+		if _, ok := os.LookupEnv("ATRIUM_DATABASE_URL"); ok {
+			t.Error("a failed Load left ATRIUM_DATABASE_URL, read from its file, in the environment")
+		}
+	})
+
+	t.Run("variable and file both set", func(t *testing.T) {
+		for _, direct := range []string{testDatabaseURL, ""} {
+			_, err := load(t, map[string]string{"ATRIUM_DATABASE_URL": direct, "ATRIUM_DATABASE_URL_FILE": writeFile(t, fileURL)})
+			wantError(t, err, "ATRIUM_DATABASE_URL_FILE", "set together with ATRIUM_DATABASE_URL")
+			if v := os.Getenv("ATRIUM_DATABASE_URL"); v != direct {
+				t.Errorf("ATRIUM_DATABASE_URL changed to %q, want %q", v, direct)
+			}
+		}
+	})
+
+	t.Run("only secrets come from files", func(t *testing.T) {
+		c, err := load(t, map[string]string{"ATRIUM_LOG_LEVEL_FILE": writeFile(t, "debug")})
+		if err != nil {
+			t.Fatalf("Load: %v", err)
+		}
+		if c.Log.Level != "info" {
+			t.Errorf("Log.Level = %q: ATRIUM_LOG_LEVEL_FILE was read, but only secret variables have a _FILE form", c.Log.Level)
+		}
+	})
+}
+
+func TestShouldMigrateOnStart(t *testing.T) {
+	for _, tc := range []struct {
+		env, migrate string
+		want         bool
+	}{
+		{"development", unset, true},
+		{"production", unset, false},
+		{"development", "false", false},
+		{"production", "true", true},
+		{"production", "1", true},
+		{"development", "0", false},
+	} {
+		t.Run(tc.env+"/"+strings.ReplaceAll(tc.migrate, unset, "unset"), func(t *testing.T) {
+			c, err := load(t, map[string]string{"ATRIUM_ENV": tc.env, "ATRIUM_MIGRATE_ON_START": tc.migrate})
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if got := c.ShouldMigrateOnStart(); got != tc.want {
+				t.Errorf("ShouldMigrateOnStart() = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// dump returns Dump's output as a map from variable to printed value, and
+// fails t if a variable is missing or printed twice.
+func dump(t *testing.T, c config.Config) (map[string]string, string) {
+	t.Helper()
+	var b strings.Builder
+	if err := config.Dump(c, &b); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(b.String()))
+	for sc.Scan() {
+		key, val, _ := strings.Cut(sc.Text(), " ")
+		if _, dup := got[key]; dup {
+			t.Errorf("Dump prints %s twice", key)
+		}
+		got[key] = strings.TrimSpace(val)
+	}
+	vars, err := config.Vars(&c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vars {
+		if _, ok := got[v.Key]; !ok {
+			t.Errorf("Dump does not print %s", v.Key)
+		}
+	}
+	return got, b.String()
+}
+
+func TestDump(t *testing.T) {
+	c, err := load(t, map[string]string{
+		"ATRIUM_DATABASE_URL":         "postgres://u:s3cret@h/db",
+		"ATRIUM_REDIS_URL":            "redis://:s3cret@h:6379/0",
+		"ATRIUM_HTTP_TRUSTED_PROXIES": "10.0.0.0/8,192.168.0.0/16",
+	})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	got, out := dump(t, c)
+	if strings.Contains(out, "s3cret") {
+		t.Errorf("Dump prints a password:\n%s", out)
+	}
+	for key, want := range map[string]string{
+		"ATRIUM_DATABASE_URL":         "postgres://u:xxx@h/db",
+		"ATRIUM_REDIS_URL":            "redis://:xxx@h:6379/0",
+		"ATRIUM_INSTANCE_ID":          "(unset)",
+		"ATRIUM_MIGRATE_ON_START":     "(unset)",
+		"ATRIUM_HTTP_TRUSTED_PROXIES": "10.0.0.0/8 192.168.0.0/16",
+		"ATRIUM_HTTP_ADDR":            ":8080",
+		"ATRIUM_HTTP_REQUEST_TIMEOUT": "30s",
+		"ATRIUM_ENV":                  "production",
+	} {
+		if got[key] != want {
+			t.Errorf("Dump prints %s as %q, want %q", key, got[key], want)
+		}
+	}
+}
+
+func TestDumpRedactsSecrets(t *testing.T) {
+	for _, tc := range []struct {
+		name, dbURL, want string
+	}{
+		{"password in user info", "postgres://u:s3cret@h:5432/db", "postgres://u:xxx@h:5432/db"},
+		{"password in query", "postgres://u@h/db?sslmode=disable&password=s3cret", "postgres://u@h/db"},
+		{"no password", "postgres://u@h/db", "postgres://u@h/db"},
+		{"key=value string", "host=h user=u password=s3cret", "***"},
+		{"unset", "", "(unset)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := config.Config{Database: config.Database{URL: tc.dbURL}}
+			got, out := dump(t, c)
+			if strings.Contains(out, "s3cret") {
+				t.Errorf("Dump prints a password:\n%s", out)
+			}
+			if got["ATRIUM_DATABASE_URL"] != tc.want {
+				t.Errorf("Dump prints ATRIUM_DATABASE_URL as %q, want %q", got["ATRIUM_DATABASE_URL"], tc.want)
+			}
+		})
+	}
+}
+
+func TestDumpOptBool(t *testing.T) {
+	c, err := load(t, map[string]string{"ATRIUM_MIGRATE_ON_START": "false"})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if got, _ := dump(t, c); got["ATRIUM_MIGRATE_ON_START"] != "false" {
+		t.Errorf("Dump prints an explicit false as %q, want \"false\"", got["ATRIUM_MIGRATE_ON_START"])
+	}
+}
+
+// TestVarsKeysAreRead checks that each key Vars lists is the one Load reads:
+// setting it changes the loaded configuration.
+func TestVarsKeysAreRead(t *testing.T) {
+	samples := map[string]string{
+		"ATRIUM_ENV":                      "development",
+		"ATRIUM_INSTANCE_ID":              "api-1",
+		"ATRIUM_MIGRATE_ON_START":         "true",
+		"ATRIUM_HTTP_ADDR":                "127.0.0.1:9090",
+		"ATRIUM_HTTP_TRUSTED_PROXIES":     "10.0.0.0/8",
+		"ATRIUM_HTTP_BODY_LIMIT":          "2048",
+		"ATRIUM_HTTP_REQUEST_TIMEOUT":     "5s",
+		"ATRIUM_HTTP_SHUTDOWN_GRACE":      "10s",
+		"ATRIUM_DATABASE_URL":             "postgres://other@h/db",
+		"ATRIUM_DATABASE_MAX_CONNS":       "4",
+		"ATRIUM_DATABASE_CONNECT_TIMEOUT": "5s",
+		"ATRIUM_REDIS_URL":                "redis://other:6379/1",
+		"ATRIUM_REDIS_PREFIX":             "other",
+		"ATRIUM_REDIS_TIMEOUT":            "1s",
+		"ATRIUM_LOG_LEVEL":                "debug",
+		"ATRIUM_LOG_FORMAT":               "json",
+	}
+	base, err := load(t, nil)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	vars, err := config.Vars(&base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string]bool{}
+	for _, v := range vars {
+		keys[v.Key] = true
+		t.Run(v.Key, func(t *testing.T) {
+			sample, ok := samples[v.Key]
+			if !ok {
+				t.Fatalf("no sample value for %s: add one to this test", v.Key)
+			}
+			c, err := load(t, map[string]string{v.Key: sample})
+			if err != nil {
+				t.Fatalf("Load with %s=%s: %v", v.Key, sample, err)
+			}
+			if reflect.DeepEqual(c, base) {
+				t.Errorf("setting %s=%s changed nothing: Load does not read that key", v.Key, sample)
+			}
+			after, err := config.Vars(&c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, a := range after {
+				if a.Key == v.Key && strings.Trim(a.Value, "[]") != sample {
+					t.Errorf("Vars reports %s = %q, want %q", v.Key, a.Value, sample)
+				}
+			}
+		})
+	}
+	for _, k := range []string{"ATRIUM_HTTP_ADDR", "ATRIUM_DATABASE_URL", "ATRIUM_DATABASE_MAX_CONNS", "ATRIUM_REDIS_URL", "ATRIUM_REDIS_PREFIX", "ATRIUM_LOG_LEVEL", "ATRIUM_MIGRATE_ON_START"} {
+		if !keys[k] {
+			t.Errorf("Vars does not list %s", k)
+		}
+	}
+}
