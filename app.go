@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -195,9 +196,7 @@ func (a *app) buildRouter(opts ...appOption) error {
 
 	r := chi.NewRouter()
 	r.Use(
-		httpx.RequestID,
-		httpx.TraceContext,
-		httpx.RealIP(trusted),
+		httpx.Identify(trusted),
 		httpx.Observe(httpx.AccessLog(logging.Module(a.log, "http")), a.metrics.Observe),
 		httpx.Recover(a.log),
 		httpx.SecurityHeaders(!a.cfg.Development()),
@@ -210,7 +209,7 @@ func (a *app) buildRouter(opts ...appOption) error {
 	r.MethodNotAllowed(httpx.MethodNotAllowed(a.log))
 
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		httpx.JSON(w, http.StatusOK, healthy)
 	})
 	r.Get("/readyz", a.readyz)
 	r.Method(http.MethodGet, "/metrics", a.metrics.Handler())
@@ -230,6 +229,9 @@ func (a *app) buildRouter(opts ...appOption) error {
 // safely. Redis does not: every instance shares it, so failing readiness on
 // a Redis outage would empty the load balancer; instead the instance reports
 // "degraded" and each module applies its documented Redis-down policy.
+// healthy is the constant /healthz body.
+var healthy = json.RawMessage(`{"status":"ok"}`)
+
 type readiness struct {
 	Status string            `json:"status"`
 	Checks map[string]string `json:"checks"`

@@ -27,18 +27,86 @@ import (
 // RequestIDHeader carries the request id in and out.
 const RequestIDHeader = "X-Request-ID"
 
-// RequestID accepts a well-formed incoming X-Request-ID (from a load
-// balancer or client) or makes a new one, stores it in the context and
-// echoes it in the response.
-func RequestID(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := r.Header.Get(RequestIDHeader)
-		if !validRequestID(id) {
-			id = randomHex(16)
-		}
-		w.Header().Set(RequestIDHeader, id)
-		next.ServeHTTP(w, r.WithContext(logging.WithRequestID(r.Context(), id)))
-	})
+// Canonical header keys, assigned directly to skip canonicalisation.
+const (
+	hdrRequestID   = "X-Request-Id"
+	hdrTraceparent = "Traceparent"
+)
+
+// Trace holds the W3C trace context of a request: the trace it belongs to
+// and the span this instance opened for it.
+type Trace struct {
+	TraceID string
+	SpanID  string
+	Flags   string
+}
+
+// Traceparent is the header value to send on outgoing calls made while
+// serving this request, so the downstream joins the same trace.
+func (t Trace) Traceparent() string { return "00-" + t.TraceID + "-" + t.SpanID + "-" + t.Flags }
+
+// edge is what Identify learned about a request.
+type edge struct {
+	trace    Trace
+	clientIP string
+}
+
+type edgeKey struct{}
+
+// TraceFrom returns the request's trace context, if any.
+func TraceFrom(ctx context.Context) (Trace, bool) {
+	e, ok := ctx.Value(edgeKey{}).(*edge)
+	if !ok {
+		return Trace{}, false
+	}
+	return e.trace, true
+}
+
+// ClientIP returns the real client address found by Identify.
+func ClientIP(ctx context.Context) string {
+	if e, ok := ctx.Value(edgeKey{}).(*edge); ok {
+		return e.clientIP
+	}
+	return ""
+}
+
+// Identify is the first middleware: it gives the request its identity in
+// one step (one context, one request copy, one random draw — it runs on
+// every request).
+//
+//   - Request id: a well-formed incoming X-Request-ID (from a load balancer
+//     or client) is kept; otherwise the trace id serves. It is echoed in the
+//     response and carried on every log line of the request.
+//   - Trace context: an incoming W3C traceparent is continued, otherwise a
+//     new trace starts; either way this instance opens a new span, returned
+//     in the response's traceparent.
+//   - Client IP: X-Forwarded-For is believed only when the connection comes
+//     from a trusted proxy, and then only as far back as the hops are
+//     trusted: the right-most untrusted address is the client.
+func Identify(trusted []netip.Prefix) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			var rnd [24]byte
+			_, _ = rand.Read(rnd[:])
+			ids := hex.EncodeToString(rnd[:]) // 32 hex trace id + 16 hex span id
+			e := &edge{clientIP: clientIP(r, trusted)}
+			t, ok := parseTraceparent(r.Header.Get("traceparent"))
+			if !ok {
+				t = Trace{TraceID: ids[:32], Flags: "01"}
+			}
+			t.SpanID = ids[32:]
+			e.trace = t
+			id := r.Header.Get(RequestIDHeader)
+			if !validRequestID(id) {
+				id = t.TraceID
+			}
+			h := w.Header()
+			h[hdrRequestID] = []string{id}
+			h[hdrTraceparent] = []string{t.Traceparent()}
+			ctx := context.WithValue(logging.WithRequest(r.Context(), id, t.TraceID), edgeKey{}, e)
+			next.ServeHTTP(w, r.WithContext(ctx))
+		})
+	}
 }
 
 func validRequestID(id string) bool {
@@ -53,51 +121,12 @@ func validRequestID(id string) bool {
 	return true
 }
 
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-type traceKey struct{}
-
-// Trace holds the W3C trace context of a request: the trace it belongs to
-// and the span this instance opened for it.
-type Trace struct {
-	TraceID string
-	SpanID  string
-	Flags   string
-}
-
-// Traceparent is the header value to send on outgoing calls made while
-// serving this request, so the downstream joins the same trace.
-func (t Trace) Traceparent() string { return "00-" + t.TraceID + "-" + t.SpanID + "-" + t.Flags }
-
-// TraceFrom returns the request's trace context, if any.
-func TraceFrom(ctx context.Context) (Trace, bool) {
-	t, ok := ctx.Value(traceKey{}).(Trace)
-	return t, ok
-}
-
-// TraceContext accepts an incoming W3C traceparent header or starts a new
-// trace, opens a span for this request, and puts the trace id on every log
-// line of the request. The response carries the traceparent of our span.
-func TraceContext(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		t, ok := parseTraceparent(r.Header.Get("traceparent"))
-		if !ok {
-			t = Trace{TraceID: randomHex(16), Flags: "01"}
-		}
-		t.SpanID = randomHex(8)
-		w.Header().Set("traceparent", t.Traceparent())
-		ctx := context.WithValue(r.Context(), traceKey{}, t)
-		next.ServeHTTP(w, r.WithContext(logging.WithTraceID(ctx, t.TraceID)))
-	})
-}
-
 // parseTraceparent parses version 00 of the header:
 // 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>.
 func parseTraceparent(h string) (Trace, bool) {
+	if h == "" {
+		return Trace{}, false
+	}
 	p := strings.Split(strings.TrimSpace(h), "-")
 	if len(p) < 4 || len(p[0]) != 2 || p[0] == "ff" || len(p[1]) != 32 || len(p[2]) != 16 || len(p[3]) != 2 {
 		return Trace{}, false
@@ -125,18 +154,14 @@ func isLowerHex(s string) bool {
 	return true
 }
 
-type clientIPKey struct{}
-
-// ClientIP returns the real client address found by RealIP.
-func ClientIP(ctx context.Context) string {
-	s, _ := ctx.Value(clientIPKey{}).(string)
-	return s
-}
-
-// RealIP finds the client's address. X-Forwarded-For is believed only when
-// the connection comes from a trusted proxy, and then only as far back as
-// the hops are trusted: the right-most untrusted address is the client.
-func RealIP(trusted []netip.Prefix) func(http.Handler) http.Handler {
+func clientIP(r *http.Request, trusted []netip.Prefix) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	if len(trusted) == 0 {
+		return host
+	}
 	isTrusted := func(a netip.Addr) bool {
 		for _, p := range trusted {
 			if p.Contains(a.Unmap()) {
@@ -145,29 +170,21 @@ func RealIP(trusted []netip.Prefix) func(http.Handler) http.Handler {
 		}
 		return false
 	}
-	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			host, _, err := net.SplitHostPort(r.RemoteAddr)
+	client := host
+	if peer, err := netip.ParseAddr(host); err == nil && isTrusted(peer) {
+		hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+		for i := len(hops) - 1; i >= 0; i-- {
+			a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
 			if err != nil {
-				host = r.RemoteAddr
+				break
 			}
-			client := host
-			if peer, err := netip.ParseAddr(host); err == nil && isTrusted(peer) {
-				hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
-				for i := len(hops) - 1; i >= 0; i-- {
-					a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
-					if err != nil {
-						break
-					}
-					client = a.Unmap().String()
-					if !isTrusted(a) {
-						break
-					}
-				}
+			client = a.Unmap().String()
+			if !isTrusted(a) {
+				break
 			}
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), clientIPKey{}, client)))
-		})
+		}
 	}
+	return client
 }
 
 // ParsePrefixes parses CIDRs such as those of ATRIUM_HTTP_TRUSTED_PROXIES.
@@ -234,19 +251,31 @@ func Timeout(d time.Duration) func(http.Handler) http.Handler {
 const ContentSecurityPolicy = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
 	"connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
-// SecurityHeaders sets the headers every response carries.
+// securityHeaders are set on every response, under canonical keys so they
+// can be assigned without allocating.
+var securityHeaders = map[string][]string{
+	"Content-Security-Policy":    {ContentSecurityPolicy},
+	"X-Content-Type-Options":     {"nosniff"},
+	"X-Frame-Options":            {"DENY"},
+	"Referrer-Policy":            {"same-origin"},
+	"Cross-Origin-Opener-Policy": {"same-origin"},
+	"Permissions-Policy":         {"camera=(), microphone=(), geolocation=()"},
+}
+
+var hsts = []string{"max-age=31536000; includeSubDomains"}
+
+// SecurityHeaders sets the headers every response carries; HSTS only in
+// production (it is ignored over plain HTTP, and TLS ends at the load
+// balancer).
 func SecurityHeaders(production bool) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			h := w.Header()
-			h.Set("Content-Security-Policy", ContentSecurityPolicy)
-			h.Set("X-Content-Type-Options", "nosniff")
-			h.Set("X-Frame-Options", "DENY")
-			h.Set("Referrer-Policy", "same-origin")
-			h.Set("Cross-Origin-Opener-Policy", "same-origin")
-			h.Set("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+			for k, v := range securityHeaders {
+				h[k] = v
+			}
 			if production {
-				h.Set("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+				h["Strict-Transport-Security"] = hsts
 			}
 			next.ServeHTTP(w, r)
 		})

@@ -63,7 +63,7 @@ func TestRequestID(t *testing.T) {
 			for _, v := range tt.incoming {
 				req.Header.Add(httpx.RequestIDHeader, v)
 			}
-			rec, seen := serve(t, httpx.RequestID, req)
+			rec, seen := serve(t, httpx.Identify(nil), req)
 
 			got := logging.RequestID(seen.Context())
 			if echoed := rec.Header().Get(httpx.RequestIDHeader); echoed != got {
@@ -85,7 +85,7 @@ func TestRequestID(t *testing.T) {
 func TestRequestIDGeneratesDistinctIDs(t *testing.T) {
 	seen := map[string]bool{}
 	for range 50 {
-		_, r := serve(t, httpx.RequestID, httptest.NewRequest(http.MethodGet, "/", nil))
+		_, r := serve(t, httpx.Identify(nil), httptest.NewRequest(http.MethodGet, "/", nil))
 		id := logging.RequestID(r.Context())
 		if seen[id] {
 			t.Fatalf("request id %q generated twice", id)
@@ -133,7 +133,7 @@ func TestTraceContext(t *testing.T) {
 			if tt.traceparent != "" {
 				req.Header.Set("traceparent", tt.traceparent)
 			}
-			rec, seen := serve(t, httpx.TraceContext, req)
+			rec, seen := serve(t, httpx.Identify(nil), req)
 
 			tr, ok := httpx.TraceFrom(seen.Context())
 			if !ok {
@@ -228,7 +228,7 @@ func TestRealIP(t *testing.T) {
 			for _, v := range tt.xff {
 				req.Header.Add("X-Forwarded-For", v)
 			}
-			_, seen := serve(t, httpx.RealIP(prefixes), req)
+			_, seen := serve(t, httpx.Identify(prefixes), req)
 			if got := httpx.ClientIP(seen.Context()); got != tt.want {
 				t.Errorf("ClientIP = %q, want %q", got, tt.want)
 			}
@@ -597,9 +597,7 @@ func TestStack(t *testing.T) {
 	var obs observations
 	r := chi.NewRouter()
 	r.Use(
-		httpx.RequestID,
-		httpx.TraceContext,
-		httpx.RealIP(mustPrefixes(t, "10.0.0.0/8")),
+		httpx.Identify(mustPrefixes(t, "10.0.0.0/8")),
 		httpx.Observe(httpx.AccessLog(log), obs.observe),
 		httpx.Recover(log),
 		httpx.SecurityHeaders(true),

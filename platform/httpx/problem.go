@@ -122,11 +122,14 @@ func writeJSON(w http.ResponseWriter, status int, ctype string, v any) {
 		b = []byte(`{"type":"` + ProblemTypeBase + `internal","title":"Internal error","status":500,"code":"internal"}`)
 		ctype = "application/problem+json"
 	}
-	w.Header().Set("Content-Type", ctype)
-	w.Header().Set("Cache-Control", "no-store")
+	h := w.Header()
+	h["Content-Type"] = []string{ctype}
+	h["Cache-Control"] = noStore
 	w.WriteHeader(status)
 	_, _ = w.Write(append(b, '\n'))
 }
+
+var noStore = []string{"no-store"}
 
 // HandlerFunc is an HTTP handler that returns an error instead of writing it.
 type HandlerFunc func(w http.ResponseWriter, r *http.Request) error

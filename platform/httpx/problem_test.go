@@ -279,7 +279,7 @@ func recovered(f func()) (v any) {
 func TestMethodNotAllowed(t *testing.T) {
 	log, _ := testLogger(t)
 	r := chi.NewRouter()
-	r.Use(httpx.RequestID)
+	r.Use(httpx.Identify(nil))
 	r.MethodNotAllowed(httpx.MethodNotAllowed(log))
 	r.Get("/orders", func(w http.ResponseWriter, r *http.Request) { httpx.JSON(w, http.StatusOK, []string{}) })
 

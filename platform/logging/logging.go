@@ -52,33 +52,38 @@ func Module(l zerolog.Logger, name string) zerolog.Logger {
 	return l.With().Str("module", name).Logger()
 }
 
-type ctxKey int
+type ctxKey struct{}
 
-const (
-	requestIDKey ctxKey = iota
-	traceIDKey
-)
+// requestFields are the request-scoped values every log line of a request
+// carries. One context value holds both, so the HTTP edge adds them with a
+// single allocation.
+type requestFields struct{ id, traceID string }
+
+// WithRequest returns ctx carrying the request id and W3C trace id.
+func WithRequest(ctx context.Context, id, traceID string) context.Context {
+	return context.WithValue(ctx, ctxKey{}, requestFields{id: id, traceID: traceID})
+}
 
 // WithRequestID returns ctx carrying the request id.
 func WithRequestID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, requestIDKey, id)
+	return WithRequest(ctx, id, TraceID(ctx))
 }
 
 // WithTraceID returns ctx carrying the W3C trace id.
 func WithTraceID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, traceIDKey, id)
+	return WithRequest(ctx, RequestID(ctx), id)
 }
 
 // RequestID returns the request id carried by ctx, or "".
 func RequestID(ctx context.Context) string {
-	s, _ := ctx.Value(requestIDKey).(string)
-	return s
+	f, _ := ctx.Value(ctxKey{}).(requestFields)
+	return f.id
 }
 
 // TraceID returns the trace id carried by ctx, or "".
 func TraceID(ctx context.Context) string {
-	s, _ := ctx.Value(traceIDKey).(string)
-	return s
+	f, _ := ctx.Value(ctxKey{}).(requestFields)
+	return f.traceID
 }
 
 // ctxHook adds request_id and trace_id to every event logged with
@@ -91,10 +96,11 @@ func (ctxHook) Run(e *zerolog.Event, _ zerolog.Level, _ string) {
 	if ctx == nil {
 		return
 	}
-	if id := RequestID(ctx); id != "" {
-		e.Str("request_id", id)
+	f, _ := ctx.Value(ctxKey{}).(requestFields)
+	if f.id != "" {
+		e.Str("request_id", f.id)
 	}
-	if id := TraceID(ctx); id != "" {
-		e.Str("trace_id", id)
+	if f.traceID != "" {
+		e.Str("trace_id", f.traceID)
 	}
 }
