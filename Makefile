@@ -28,6 +28,8 @@ services: ## start (or reuse) PostgreSQL and Redis on loopback
 run: build ## run Atrium at http://127.0.0.1:8080 in development mode
 	@scripts/services.sh --db=atrium
 	@echo "Atrium: open http://127.0.0.1:8080 in your browser (Ctrl-C stops it)"
+	@if [ -n "$${DISPLAY:-}$${WAYLAND_DISPLAY:-}" ] && command -v xdg-open >/dev/null; then \
+	  (sleep 2; xdg-open http://127.0.0.1:8080 >/dev/null 2>&1) & fi
 	@ATRIUM_ENV=development \
 	 ATRIUM_HTTP_ADDR=$${ATRIUM_HTTP_ADDR:-127.0.0.1:8080} \
 	 ATRIUM_DATABASE_URL=$${ATRIUM_DATABASE_URL:-$(PG_URL)/atrium?sslmode=disable} \

@@ -53,9 +53,25 @@ func (r *Registry) Handler() http.Handler {
 // Observe is an httpx observer recording request metrics by route pattern
 // (never the raw path, which would explode the label set).
 func (r *Registry) Observe(_ *http.Request, o httpx.Observation) {
-	r.requests.WithLabelValues(o.Method, o.Route, strconv.Itoa(o.Status)).Inc()
+	r.requests.WithLabelValues(o.Method, o.Route, codeLabel(o.Status)).Inc()
 	r.latency.WithLabelValues(o.Method, o.Route).Observe(o.Duration.Seconds())
 	if o.Status >= 500 {
 		r.errors.WithLabelValues(o.Method, o.Route).Inc()
 	}
+}
+
+// codeLabels holds the status code labels, so that recording a request does
+// not allocate one.
+var codeLabels = func() (l [600]string) {
+	for i := 100; i < len(l); i++ {
+		l[i] = strconv.Itoa(i)
+	}
+	return l
+}()
+
+func codeLabel(status int) string {
+	if status >= 100 && status < len(codeLabels) {
+		return codeLabels[status]
+	}
+	return strconv.Itoa(status)
 }
