@@ -30,11 +30,19 @@ run: build ## run Atrium at http://127.0.0.1:8080 in development mode
 	@echo "Atrium: open http://127.0.0.1:8080 in your browser (Ctrl-C stops it)"
 	@if [ -n "$${DISPLAY:-}$${WAYLAND_DISPLAY:-}" ] && command -v xdg-open >/dev/null; then \
 	  (sleep 2; xdg-open http://127.0.0.1:8080 >/dev/null 2>&1) & fi
-	@ATRIUM_ENV=development \
+	@if [ -z "$${ATRIUM_MASTER_KEY+set}$${ATRIUM_MASTER_KEY_FILE+set}" ]; then \
+	  if [ ! -s .dev/master.key ]; then \
+	    mkdir -p .dev && (umask 077; head -c 32 /dev/urandom | base64 > .dev/master.key) && \
+	    echo "Generated a development master key in .dev/master.key"; \
+	  fi; \
+	  chmod 600 .dev/master.key; \
+	  export ATRIUM_MASTER_KEY_FILE="$(CURDIR)/.dev/master.key"; \
+	fi; \
+	ATRIUM_ENV=development \
 	 ATRIUM_HTTP_ADDR=$${ATRIUM_HTTP_ADDR:-127.0.0.1:8080} \
 	 ATRIUM_DATABASE_URL=$${ATRIUM_DATABASE_URL:-$(PG_URL)/atrium?sslmode=disable} \
 	 ATRIUM_REDIS_URL=$${ATRIUM_REDIS_URL:-$(REDIS_URL)} \
-	 ./bin/atrium serve
+	 exec ./bin/atrium serve
 
 vet: ## go vet and gofmt check
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt-ed:"; echo "$$out"; exit 1; fi

@@ -19,13 +19,16 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
+	"github.com/atriumhq/atrium/modules/auth"
 	"github.com/atriumhq/atrium/platform/cluster"
 	"github.com/atriumhq/atrium/platform/config"
 	"github.com/atriumhq/atrium/platform/errs"
 	"github.com/atriumhq/atrium/platform/httpx"
+	"github.com/atriumhq/atrium/platform/keyring"
 	"github.com/atriumhq/atrium/platform/logging"
 	"github.com/atriumhq/atrium/platform/metrics"
 	"github.com/atriumhq/atrium/platform/postgres"
+	"github.com/atriumhq/atrium/platform/principal"
 	"github.com/atriumhq/atrium/platform/redisx"
 	atriumsql "github.com/atriumhq/atrium/sql"
 	"github.com/atriumhq/atrium/web"
@@ -59,6 +62,7 @@ type app struct {
 	migrator *postgres.Migrator
 	metrics  *metrics.Registry
 	cluster  *cluster.Registry
+	auth     *auth.Service
 	listener net.Listener
 	router   chi.Router
 	// draining is set once shutdown begins, so /readyz tells the load
@@ -69,10 +73,11 @@ type app struct {
 // appOption adjusts an app before it starts (tests use it to add routes).
 type appOption func(*app)
 
-// newApp connects to PostgreSQL and Redis, brings the schema up to date (or
-// refuses to start when it is behind and migrating on start is off), builds
-// the router and opens the listener.
-func newApp(ctx context.Context, cfg config.Config, log zerolog.Logger, opts ...appOption) (_ *app, err error) {
+// openApp connects to PostgreSQL and Redis, brings the schema up to date
+// (or refuses to start when it is behind and migrating on start is off) and
+// starts the modules. One-off commands (atrium admin) use it without a
+// listener.
+func openApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *app, err error) {
 	if cfg.InstanceID == "" {
 		cfg.InstanceID = defaultInstanceID()
 	}
@@ -100,13 +105,39 @@ func newApp(ctx context.Context, cfg config.Config, log zerolog.Logger, opts ...
 		return nil, err
 	}
 
+	ring, err := keyring.Parse(cfg.MasterKey)
+	if err != nil {
+		return nil, &config.Error{Var: "ATRIUM_MASTER_KEY", Problem: err.Error()}
+	}
+	a.auth, err = auth.New(ctx, cfg.Auth, auth.Deps{Pool: a.pool, Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "auth"),
+		Keyring: ring, Instance: cfg.InstanceID, Secure: !cfg.Development()})
+	if err != nil {
+		return nil, err
+	}
+
+	return a, nil
+}
+
+// newApp opens the instance's connections and modules (openApp), then its
+// listener, and builds the router.
+func newApp(ctx context.Context, cfg config.Config, log zerolog.Logger, opts ...appOption) (_ *app, err error) {
+	a, err := openApp(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+	cfg = a.cfg
 	if a.listener, err = net.Listen("tcp", cfg.HTTP.Addr); err != nil {
 		return nil, fmt.Errorf("listen on ATRIUM_HTTP_ADDR %s: %w", cfg.HTTP.Addr, err)
 	}
 	host, _ := os.Hostname()
 	a.cluster = cluster.NewRegistry(a.redis, cluster.Instance{
 		ID: cfg.InstanceID, Version: version, Host: host, Addr: a.listener.Addr().String(), StartedAt: time.Now().UTC(),
-	}, 2*time.Second, a.checks, logging.Module(log, "cluster"))
+	}, 2*time.Second, a.checks, logging.Module(a.log, "cluster"))
 
 	if err := a.buildRouter(opts...); err != nil {
 		return nil, err
@@ -202,6 +233,7 @@ func (a *app) buildRouter(opts ...appOption) error {
 		httpx.SecurityHeaders(!a.cfg.Development()),
 		httpx.BodyLimit(a.cfg.HTTP.BodyLimit),
 		httpx.Timeout(a.cfg.HTTP.RequestTimeout),
+		a.auth.Authenticate(h.Error),
 	)
 	r.NotFound(h.H(func(w http.ResponseWriter, r *http.Request) error {
 		return errs.E(errs.NotFound, "no route for %s %s", r.Method, r.URL.Path)
@@ -213,8 +245,10 @@ func (a *app) buildRouter(opts ...appOption) error {
 	})
 	r.Get("/readyz", a.readyz)
 	r.Method(http.MethodGet, "/metrics", a.metrics.Handler())
+	a.auth.RegisterPublic(r)
 	r.Route("/api/v1", func(r chi.Router) {
-		r.Get("/cluster/instances", h.H(a.listInstances))
+		r.With(principal.Require(h.Error, "cluster:read")).Get("/cluster/instances", h.H(a.listInstances))
+		r.Mount("/", a.auth.Routes())
 	})
 	r.Mount("/", ui.Routes())
 	a.router = r
@@ -282,6 +316,7 @@ func (a *app) serve(ctx context.Context) error {
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	var workers sync.WaitGroup
 	workers.Go(func() { _ = a.cluster.Run(workCtx) })
+	workers.Go(func() { _ = a.auth.Run(workCtx) })
 
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(a.listener) }()

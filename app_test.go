@@ -19,7 +19,7 @@ import (
 
 func instanceIDs(t *testing.T, in *instance) []string {
 	t.Helper()
-	resp, body := call(t, "GET", in.URL+"/api/v1/cluster/instances", nil, nil)
+	resp, body := call(t, "GET", in.URL+"/api/v1/cluster/instances", nil, bearer(loginAdmin(t, in)))
 	if resp.StatusCode != 200 {
 		t.Fatalf("instances: %d %s", resp.StatusCode, body)
 	}
@@ -119,10 +119,9 @@ func TestReadyzReportsDependencies(t *testing.T) {
 func TestRequestLinesCarryRequestAndTraceIDs(t *testing.T) {
 	in := startCluster(t, 1)[0]
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
-	h := http.Header{
-		"X-Request-Id": {"req-from-lb-42"},
-		"Traceparent":  {"00-" + traceID + "-00f067aa0ba902b7-01"},
-	}
+	h := bearer(loginAdmin(t, in))
+	h["X-Request-Id"] = []string{"req-from-lb-42"}
+	h["Traceparent"] = []string{"00-" + traceID + "-00f067aa0ba902b7-01"}
 	resp, _ := call(t, "GET", in.URL+"/api/v1/cluster/instances", nil, h)
 	if got := resp.Header.Get("X-Request-ID"); got != "req-from-lb-42" {
 		t.Errorf("X-Request-ID echoed as %q", got)
@@ -175,7 +174,7 @@ func TestUnknownRoutesAndMethodsAreProblems(t *testing.T) {
 
 func TestMetricsAreLabelledByRoutePattern(t *testing.T) {
 	in := startCluster(t, 1)[0]
-	call(t, "GET", in.URL+"/api/v1/cluster/instances", nil, nil)
+	call(t, "GET", in.URL+"/api/v1/cluster/instances", nil, bearer(loginAdmin(t, in)))
 	call(t, "GET", in.URL+"/api/v1/does-not-exist-123", nil, nil)
 	_, body := call(t, "GET", in.URL+"/metrics", nil, nil)
 	m := string(body)
@@ -246,6 +245,7 @@ func TestMigrationsUpDownRoundTrip(t *testing.T) {
 	dbURL := testenv.Database(t, atriumsql.Migrations())
 	t.Setenv("ATRIUM_DATABASE_URL", dbURL)
 	t.Setenv("ATRIUM_REDIS_URL", testenv.RedisURL())
+	t.Setenv("ATRIUM_MASTER_KEY", testMasterKey)
 	var out strings.Builder
 	if err := run(context.Background(), []string{"migrate", "down", "--to", "0"}, nil, &out, io.Discard); err != nil {
 		t.Fatalf("down: %v", err)
@@ -274,8 +274,9 @@ func TestRedisOutageDegradesButKeepsTheInstanceReady(t *testing.T) {
 	if strings.Contains(string(body), "connection refused") {
 		t.Fatalf("readyz leaks the error text: %s", body)
 	}
-	// The cluster list needs Redis: a clear 503 problem, not a 500.
-	resp, body = call(t, "GET", in.URL+"/api/v1/cluster/instances", nil, nil)
+	// The cluster list needs Redis: a clear 503 problem, not a 500. (Sign-in
+	// still works: login protection fails open without Redis.)
+	resp, body = call(t, "GET", in.URL+"/api/v1/cluster/instances", nil, bearer(loginAdmin(t, in)))
 	if resp.StatusCode != 503 || !strings.Contains(string(body), `"code":"unavailable"`) {
 		t.Fatalf("instances without Redis: %d %s", resp.StatusCode, body)
 	}

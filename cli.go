@@ -56,6 +56,7 @@ Commands:
   config       print the effective configuration, secrets redacted
   healthcheck  exit 0 when the local instance is ready (for Docker HEALTHCHECK)
   version      print the version
+  admin        administrative tasks: create-user (the first platform administrator)
 
 Configuration comes from ATRIUM_* environment variables (docs/operations.md).
 Run 'atrium <command> --help' for a command's flags.
@@ -79,6 +80,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return cmdHealthcheck(ctx, rest, stdout, stderr)
 	case "version":
 		return cmdVersion(rest, stdout, stderr)
+	case "admin":
+		return cmdAdmin(ctx, rest, stdin, stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, rootUsage)
 		return nil

@@ -8,6 +8,9 @@ import (
 )
 
 func TestCLI(t *testing.T) {
+	// Base64 of 32 bytes that contain "hunter2", so the check below that no
+	// output contains "hunter2" also catches a printed master key.
+	const masterKey = "hunter2hunter2hunter2hunter2hunter2hunter2A="
 	for _, tc := range []struct {
 		name     string
 		args     []string
@@ -36,11 +39,18 @@ func TestCLI(t *testing.T) {
 			code: 2, err: "ATRIUM_HTTP_SHUTDOWN_GRACE"},
 		{name: "config redacts", args: []string{"config"}, env: map[string]string{"ATRIUM_DATABASE_URL": "postgres://app:hunter2@db:5432/atrium"},
 			code: 0, out: "postgres://app:xxx@db:5432/atrium"},
+		{name: "config hides the master key", args: []string{"config"}, env: map[string]string{"ATRIUM_MASTER_KEY": "k2:" + masterKey + ",k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="},
+			code: 0, out: "ATRIUM_MASTER_KEY"},
+		{name: "config missing master key", args: []string{"config"}, env: map[string]string{"ATRIUM_MASTER_KEY": ""},
+			code: 2, err: "ATRIUM_MASTER_KEY: is required"},
+		{name: "serve with a short master key", args: []string{"serve"}, env: map[string]string{"ATRIUM_MASTER_KEY": "hunter2hunter2hunter2A=="},
+			code: 2, err: "ATRIUM_MASTER_KEY: key \"k1\": 16 bytes, want 32"},
 		{name: "healthcheck nothing listening", args: []string{"healthcheck", "--url", "http://127.0.0.1:1/readyz"}, code: 1, err: "not ready"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("ATRIUM_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/atrium")
 			t.Setenv("ATRIUM_REDIS_URL", "redis://127.0.0.1:6379/0")
+			t.Setenv("ATRIUM_MASTER_KEY", masterKey)
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}

@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/atriumhq/atrium/modules/auth"
 	"github.com/atriumhq/atrium/platform/config"
 	"github.com/atriumhq/atrium/platform/logging"
 	"github.com/atriumhq/atrium/platform/testenv"
@@ -50,6 +53,9 @@ func (i *instance) Stop() error {
 	return i.err
 }
 
+// testMasterKey is the keyring of test instances (32 bytes, base64).
+const testMasterKey = "dGVzdC1tYXN0ZXIta2V5LTMyLWJ5dGVzLWxvbmctISE="
+
 // testConfig is the configuration of a test instance: defaults as in
 // docs/operations.md, development mode, listening on a free port.
 func testConfig(dbURL, redisPrefix, id string) config.Config {
@@ -58,9 +64,12 @@ func testConfig(dbURL, redisPrefix, id string) config.Config {
 		InstanceID: id,
 		HTTP: config.HTTP{Addr: "127.0.0.1:0", BodyLimit: 1 << 20, RequestTimeout: 30 * time.Second,
 			ShutdownGrace: 5 * time.Second, TrustedProxies: []string{"127.0.0.0/8"}},
-		Database: config.Database{URL: dbURL, MaxConns: 8, ConnectTimeout: 5 * time.Second},
-		Redis:    config.Redis{URL: testenv.RedisURL(), Prefix: redisPrefix, Timeout: 500 * time.Millisecond},
-		Log:      config.Log{Level: "debug", Format: "json"},
+		Database:  config.Database{URL: dbURL, MaxConns: 8, ConnectTimeout: 5 * time.Second},
+		Redis:     config.Redis{URL: testenv.RedisURL(), Prefix: redisPrefix, Timeout: 500 * time.Millisecond},
+		Log:       config.Log{Level: "debug", Format: "json"},
+		MasterKey: testMasterKey,
+		Auth: config.Auth{Issuer: "http://atrium.test", Audience: "atrium-api", AccessTTL: 10 * time.Minute,
+			SessionIdle: 30 * time.Minute, SessionMax: 12 * time.Hour, KeyRotation: 720 * time.Hour},
 	}
 }
 
@@ -137,3 +146,41 @@ func eventually(t testing.TB, timeout time.Duration, f func() error) {
 	}
 	t.Fatalf("not within %s: %v", timeout, err)
 }
+
+// adminPassword is the password of the platform administrator that
+// loginAdmin creates.
+const adminPassword = "correct horse battery staple"
+
+// loginAdmin creates a platform administrator (once per database) through
+// the instance's auth service and signs in over HTTP, returning the access
+// token.
+func loginAdmin(t testing.TB, in *instance) string {
+	t.Helper()
+	return loginAs(t, in, "admin@atrium.test", adminPassword, "platform_admin", "")
+}
+
+// loginAs creates a user with the given role and tenant if the email is not
+// registered yet, and signs in, returning the access token.
+func loginAs(t testing.TB, in *instance, email, password, role, tenant string) string {
+	t.Helper()
+	_, err := in.app.auth.CreateFirstAdmin(context.Background(), auth.NewUser{Email: email, Password: password, Roles: []string{role}, TenantID: tenant})
+	if err != nil && !strings.Contains(err.Error(), "already registered") {
+		t.Fatalf("create %s: %v", email, err)
+	}
+	resp, err := http.Post(in.URL+"/api/v1/auth/login", "application/json",
+		strings.NewReader(`{"email":"`+email+`","password":"`+password+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		AccessToken string `json:"access_token"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&out) != nil || out.AccessToken == "" {
+		t.Fatalf("login %s: status %d", email, resp.StatusCode)
+	}
+	return out.AccessToken
+}
+
+// bearer is the Authorization header for token.
+func bearer(token string) http.Header { return http.Header{"Authorization": {"Bearer " + token}} }

@@ -19,9 +19,16 @@ go test -run '^$' -bench . -benchmem -count 1 ./... 2>&1 | grep -E '^(Benchmark|
 echo
 echo "== HTTP load: GET /healthz, wrk -t1 -c$CONNS -d$DURATION, $ROUNDS alternating rounds =="
 go build -o "$OUT/bare" ./scripts/bareserver
+# A fresh database each run: its signing keys are sealed under this run's
+# throwaway master key.
+psql "$PG_URL/postgres" -qc "DROP DATABASE IF EXISTS atrium_bench WITH (FORCE)" -c "CREATE DATABASE atrium_bench" >/dev/null
 "$OUT/bare" -addr 127.0.0.1:18081 & 
-ATRIUM_ENV=production ATRIUM_LOG_LEVEL=info ATRIUM_MIGRATE_ON_START=true ATRIUM_HTTP_ADDR=127.0.0.1:18080 \
-  ATRIUM_DATABASE_URL="$PG_URL/atrium?sslmode=disable" ATRIUM_REDIS_URL="$REDIS_URL" ATRIUM_REDIS_PREFIX=atrium-bench \
+# A throwaway master key, removed with $OUT. Whatever the bench instance seals
+# with it (signing keys) cannot be opened by any other run.
+(umask 077; head -c 32 /dev/urandom | base64 >"$OUT/master.key")
+env -u ATRIUM_MASTER_KEY ATRIUM_MASTER_KEY_FILE="$OUT/master.key" \
+  ATRIUM_ENV=production ATRIUM_LOG_LEVEL=info ATRIUM_MIGRATE_ON_START=true ATRIUM_HTTP_ADDR=127.0.0.1:18080 \
+  ATRIUM_DATABASE_URL="$PG_URL/atrium_bench?sslmode=disable" ATRIUM_REDIS_URL="$REDIS_URL" ATRIUM_REDIS_PREFIX=atrium-bench \
   ./bin/atrium serve >"$OUT/atrium.log" 2>&1 &
 for _ in $(seq 1 50); do
   curl -fs http://127.0.0.1:18080/readyz >/dev/null 2>&1 && curl -fs http://127.0.0.1:18081/healthz >/dev/null 2>&1 && break

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
+
+	"github.com/atriumhq/atrium/platform/keyring"
 )
 
 // Prefix is the prefix of every configuration variable.
@@ -28,10 +30,24 @@ type Config struct {
 	InstanceID     string  `envconfig:"INSTANCE_ID" desc:"stable name of this instance in the cluster list (default: host name plus a random suffix)"`
 	MigrateOnStart OptBool `envconfig:"MIGRATE_ON_START" desc:"apply pending migrations when serve starts (default: true in development, false in production)"`
 
+	// MasterKey encrypts secrets at rest (signing keys); see platform/keyring.
+	MasterKey string `envconfig:"MASTER_KEY" required:"true" secret:"true" desc:"keyring that encrypts signing keys at rest: base64 of 32 random bytes (head -c 32 /dev/urandom | base64), or id:base64 entries, comma-separated, current first"`
+
 	HTTP     HTTP
 	Database Database
 	Redis    Redis
 	Log      Log
+	Auth     Auth
+}
+
+// Auth configures authentication: tokens, sessions and signing keys.
+type Auth struct {
+	Issuer      string        `envconfig:"ISSUER" default:"atrium" desc:"iss claim of tokens and the OpenID issuer; set it to Atrium's public base URL"`
+	Audience    string        `envconfig:"AUDIENCE" default:"atrium-api" desc:"aud claim of access tokens"`
+	AccessTTL   time.Duration `envconfig:"ACCESS_TTL" default:"10m" desc:"lifetime of an access token (JWT)"`
+	SessionIdle time.Duration `envconfig:"SESSION_IDLE" default:"30m" desc:"a session whose refresh token is not used for this long ends (renewal window)"`
+	SessionMax  time.Duration `envconfig:"SESSION_MAX" default:"12h" desc:"absolute lifetime of a login session, however often it is renewed"`
+	KeyRotation time.Duration `envconfig:"KEY_ROTATION" default:"720h" desc:"age at which the current signing key is replaced (720h = 30 days)"`
 }
 
 // HTTP configures the HTTP edge.
@@ -206,6 +222,24 @@ func (c Config) Validate() error {
 	if c.Redis.Timeout <= 0 {
 		return &Error{Var: "ATRIUM_REDIS_TIMEOUT", Problem: "must be a positive duration such as 500ms"}
 	}
+	if _, err := keyring.Parse(c.MasterKey); err != nil {
+		return &Error{Var: "ATRIUM_MASTER_KEY", Problem: err.Error()}
+	}
+	if c.Auth.Issuer == "" {
+		return &Error{Var: "ATRIUM_AUTH_ISSUER", Problem: "must not be empty"}
+	}
+	if c.Auth.Audience == "" {
+		return &Error{Var: "ATRIUM_AUTH_AUDIENCE", Problem: "must not be empty"}
+	}
+	if c.Auth.AccessTTL < time.Minute || c.Auth.AccessTTL > time.Hour {
+		return &Error{Var: "ATRIUM_AUTH_ACCESS_TTL", Problem: "must be between 1m and 1h"}
+	}
+	if c.Auth.SessionIdle < time.Minute || c.Auth.SessionMax < c.Auth.SessionIdle {
+		return &Error{Var: "ATRIUM_AUTH_SESSION_IDLE", Problem: "must be at least 1m and not above ATRIUM_AUTH_SESSION_MAX"}
+	}
+	if c.Auth.KeyRotation < time.Hour {
+		return &Error{Var: "ATRIUM_AUTH_KEY_ROTATION", Problem: "must be at least 1h"}
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -266,17 +300,20 @@ func Dump(c Config, w io.Writer) error {
 		switch {
 		case val == "":
 			val = "(unset)"
+		case v.Secret && strings.HasSuffix(v.Key, "_URL"):
+			val = redactURL(val)
 		case v.Secret:
-			val = redact(val)
+			val = "***"
 		}
 		fmt.Fprintf(tw, "%s\t%s\n", v.Key, val)
 	}
 	return tw.Flush()
 }
 
-// redact hides a secret. For URLs it keeps scheme, host and path, which are
-// useful when debugging and are not secret; everything else becomes "***".
-func redact(v string) string {
+// redactURL hides the secret parts of a connection URL, keeping scheme,
+// host and path, which help when debugging and are not secret; a value that
+// does not parse as a URL with a host becomes "***".
+func redactURL(v string) string {
 	u, err := url.Parse(v)
 	if err != nil || u.Host == "" {
 		return "***"

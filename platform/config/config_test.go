@@ -16,14 +16,22 @@ import (
 const (
 	testDatabaseURL = "postgres://atrium@127.0.0.1:5432/atrium"
 	testRedisURL    = "redis://127.0.0.1:6379/0"
+	// testMasterKey is base64 of the 32 bytes 0x00..0x1f.
+	testMasterKey = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+	// otherMasterKey is base64 of 32 bytes whose encoding contains "s3cret",
+	// so the tests' "s3cret" checks catch it if it is ever printed.
+	otherMasterKey = "s3cretKEYs3cretKEYs3cretKEYs3cretKEYs3cretA="
+	// shortMasterKey is base64 of 16 bytes: valid base64, wrong length.
+	shortMasterKey = "s3cretKEYs3cretKEYs3cQ=="
 )
 
 // unset in an env map means "remove the variable" rather than "set it empty".
 const unset = "\x00unset"
 
 // setEnv gives the test an environment in which every variable config reads,
-// and the _FILE form of each, is unset, then applies the two required
-// variables and env on top. t.Setenv records every variable first, so its
+// and the _FILE form of each, is unset, then applies the three required
+// variables (ATRIUM_DATABASE_URL, ATRIUM_REDIS_URL, ATRIUM_MASTER_KEY) and env
+// on top. t.Setenv records every variable first, so its
 // cleanup restores the caller's environment whatever Load or the test did.
 func setEnv(t *testing.T, env map[string]string) {
 	t.Helper()
@@ -39,7 +47,7 @@ func setEnv(t *testing.T, env map[string]string) {
 			}
 		}
 	}
-	all := map[string]string{"ATRIUM_DATABASE_URL": testDatabaseURL, "ATRIUM_REDIS_URL": testRedisURL}
+	all := map[string]string{"ATRIUM_DATABASE_URL": testDatabaseURL, "ATRIUM_REDIS_URL": testRedisURL, "ATRIUM_MASTER_KEY": testMasterKey}
 	for k, v := range env {
 		all[k] = v
 	}
@@ -87,7 +95,8 @@ func TestLoadDefaults(t *testing.T) {
 		t.Fatalf("Load with only the required variables: %v", err)
 	}
 	want := config.Config{
-		Env: "production",
+		Env:       "production",
+		MasterKey: testMasterKey,
 		HTTP: config.HTTP{
 			Addr:           ":8080",
 			BodyLimit:      1 << 20,
@@ -97,6 +106,14 @@ func TestLoadDefaults(t *testing.T) {
 		Database: config.Database{URL: testDatabaseURL, MaxConns: 20, ConnectTimeout: 60 * time.Second},
 		Redis:    config.Redis{URL: testRedisURL, Prefix: "atrium", Timeout: 500 * time.Millisecond},
 		Log:      config.Log{Level: "info", Format: "auto"},
+		Auth: config.Auth{
+			Issuer:      "atrium",
+			Audience:    "atrium-api",
+			AccessTTL:   10 * time.Minute,
+			SessionIdle: 30 * time.Minute,
+			SessionMax:  12 * time.Hour,
+			KeyRotation: 30 * 24 * time.Hour,
+		},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Load() =\n%+v\nwant\n%+v", c, want)
@@ -108,7 +125,7 @@ func TestLoadDefaults(t *testing.T) {
 }
 
 func TestLoadRequired(t *testing.T) {
-	for _, key := range []string{"ATRIUM_DATABASE_URL", "ATRIUM_REDIS_URL"} {
+	for _, key := range []string{"ATRIUM_DATABASE_URL", "ATRIUM_REDIS_URL", "ATRIUM_MASTER_KEY"} {
 		for _, value := range []string{unset, ""} {
 			name := key + "/unset"
 			if value == "" {
@@ -219,6 +236,40 @@ func TestValidate(t *testing.T) {
 
 		{"redis timeout zero", map[string]string{"ATRIUM_REDIS_TIMEOUT": "0s"}, "ATRIUM_REDIS_TIMEOUT", "positive duration"},
 
+		{"master key with id", map[string]string{"ATRIUM_MASTER_KEY": "k1:" + testMasterKey}, "", ""},
+		{"master key rotated", map[string]string{"ATRIUM_MASTER_KEY": "k2:" + otherMasterKey + ", k1:" + testMasterKey}, "", ""},
+		{"master key with trailing newline", map[string]string{"ATRIUM_MASTER_KEY": testMasterKey + "\n"}, "", ""},
+		{"master key not base64", map[string]string{"ATRIUM_MASTER_KEY": "s3cret-not-base64!"}, "ATRIUM_MASTER_KEY", "not base64"},
+		{"master key URL-safe base64", map[string]string{"ATRIUM_MASTER_KEY": "s3cret_KEY-" + otherMasterKey[11:]}, "ATRIUM_MASTER_KEY", "not base64"},
+		{"master key too short", map[string]string{"ATRIUM_MASTER_KEY": shortMasterKey}, "ATRIUM_MASTER_KEY", "16 bytes, want 32"},
+		{"master key too long", map[string]string{"ATRIUM_MASTER_KEY": strings.Repeat("s3cretKEY", 7) + "A"}, "ATRIUM_MASTER_KEY", "48 bytes, want 32"},
+		{"master key old entry too short", map[string]string{"ATRIUM_MASTER_KEY": "k2:" + testMasterKey + ",k1:" + shortMasterKey},
+			"ATRIUM_MASTER_KEY", `key "k1": 16 bytes, want 32`},
+		{"master key empty id", map[string]string{"ATRIUM_MASTER_KEY": ":" + testMasterKey}, "ATRIUM_MASTER_KEY", "must be a word"},
+		{"master key id with $", map[string]string{"ATRIUM_MASTER_KEY": "k$1:" + testMasterKey}, "ATRIUM_MASTER_KEY", "must be a word"},
+		{"master key id twice", map[string]string{"ATRIUM_MASTER_KEY": "k1:" + testMasterKey + ",k1:" + otherMasterKey}, "ATRIUM_MASTER_KEY", "listed twice"},
+
+		{"issuer URL", map[string]string{"ATRIUM_AUTH_ISSUER": "https://atrium.example.com"}, "", ""},
+		{"issuer empty", map[string]string{"ATRIUM_AUTH_ISSUER": ""}, "ATRIUM_AUTH_ISSUER", "must not be empty"},
+		{"audience empty", map[string]string{"ATRIUM_AUTH_AUDIENCE": ""}, "ATRIUM_AUTH_AUDIENCE", "must not be empty"},
+
+		{"access TTL minimum", map[string]string{"ATRIUM_AUTH_ACCESS_TTL": "1m"}, "", ""},
+		{"access TTL maximum", map[string]string{"ATRIUM_AUTH_ACCESS_TTL": "1h"}, "", ""},
+		{"access TTL too short", map[string]string{"ATRIUM_AUTH_ACCESS_TTL": "59s"}, "ATRIUM_AUTH_ACCESS_TTL", "between 1m and 1h"},
+		{"access TTL zero", map[string]string{"ATRIUM_AUTH_ACCESS_TTL": "0s"}, "ATRIUM_AUTH_ACCESS_TTL", "between 1m and 1h"},
+		{"access TTL too long", map[string]string{"ATRIUM_AUTH_ACCESS_TTL": "61m"}, "ATRIUM_AUTH_ACCESS_TTL", "between 1m and 1h"},
+
+		{"session idle minimum", map[string]string{"ATRIUM_AUTH_SESSION_IDLE": "1m"}, "", ""},
+		{"session idle equal to max", map[string]string{"ATRIUM_AUTH_SESSION_IDLE": "2h", "ATRIUM_AUTH_SESSION_MAX": "2h"}, "", ""},
+		{"session idle too short", map[string]string{"ATRIUM_AUTH_SESSION_IDLE": "59s"}, "ATRIUM_AUTH_SESSION_IDLE", "at least 1m"},
+		{"session idle negative", map[string]string{"ATRIUM_AUTH_SESSION_IDLE": "-30m"}, "ATRIUM_AUTH_SESSION_IDLE", "at least 1m"},
+		{"session idle above max", map[string]string{"ATRIUM_AUTH_SESSION_IDLE": "13h"}, "ATRIUM_AUTH_SESSION_IDLE", "not above ATRIUM_AUTH_SESSION_MAX"},
+		{"session max below idle", map[string]string{"ATRIUM_AUTH_SESSION_MAX": "10m"}, "ATRIUM_AUTH_SESSION_IDLE", "not above ATRIUM_AUTH_SESSION_MAX"},
+
+		{"key rotation minimum", map[string]string{"ATRIUM_AUTH_KEY_ROTATION": "1h"}, "", ""},
+		{"key rotation too short", map[string]string{"ATRIUM_AUTH_KEY_ROTATION": "59m"}, "ATRIUM_AUTH_KEY_ROTATION", "at least 1h"},
+		{"key rotation zero", map[string]string{"ATRIUM_AUTH_KEY_ROTATION": "0s"}, "ATRIUM_AUTH_KEY_ROTATION", "at least 1h"},
+
 		{"log level debug", map[string]string{"ATRIUM_LOG_LEVEL": "debug"}, "", ""},
 		{"log level unknown", map[string]string{"ATRIUM_LOG_LEVEL": "verbose"}, "ATRIUM_LOG_LEVEL", `must be debug, info, warn or error, got "verbose"`},
 		{"log level upper case", map[string]string{"ATRIUM_LOG_LEVEL": "INFO"}, "ATRIUM_LOG_LEVEL", "must be debug, info, warn or error"},
@@ -235,6 +286,44 @@ func TestValidate(t *testing.T) {
 				return
 			}
 			wantError(t, err, tc.wantVar, tc.problem)
+			if v := tc.env["ATRIUM_MASTER_KEY"]; v != "" && strings.Contains(err.Error(), strings.TrimSpace(v)) {
+				t.Errorf("the error prints the master key: %v", err)
+			}
+			if strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("the error prints (part of) a secret: %v", err)
+			}
+		})
+	}
+}
+
+// TestMasterKeyErrorsHideTheKey checks that no error about a bad master key
+// prints the key or any of its entries: only the key's id and what is wrong.
+func TestMasterKeyErrorsHideTheKey(t *testing.T) {
+	for _, bad := range []string{
+		"s3cret-not-base64!",
+		shortMasterKey,
+		"k2:" + otherMasterKey + ",k1:" + shortMasterKey,
+		"k2:" + shortMasterKey + ",k1:" + otherMasterKey,
+		"k2:s3cret!,k1:" + testMasterKey,
+		otherMasterKey + "," + otherMasterKey,
+		otherMasterKey[:20],
+	} {
+		t.Run(bad, func(t *testing.T) {
+			_, err := load(t, map[string]string{"ATRIUM_MASTER_KEY": bad})
+			wantError(t, err, "ATRIUM_MASTER_KEY", "")
+			msg := err.Error()
+			for _, entry := range strings.Split(bad, ",") {
+				_, b64, found := strings.Cut(entry, ":")
+				if !found {
+					b64 = entry
+				}
+				if strings.Contains(msg, b64) {
+					t.Errorf("the error prints the key %q: %s", b64, msg)
+				}
+			}
+			if strings.Contains(msg, "s3cret") {
+				t.Errorf("the error prints part of the key: %s", msg)
+			}
 		})
 	}
 }
@@ -322,6 +411,35 @@ func TestSecretFiles(t *testing.T) {
 		}
 	})
 
+	t.Run("master key from a file", func(t *testing.T) {
+		for _, content := range []string{otherMasterKey, otherMasterKey + "\n", "k2:" + otherMasterKey + ",k1:" + testMasterKey + "\n"} {
+			setEnv(t, map[string]string{"ATRIUM_MASTER_KEY": unset, "ATRIUM_MASTER_KEY_FILE": writeFile(t, content)})
+			c, err := config.Load()
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if want := strings.TrimRight(content, "\n"); c.MasterKey != want {
+				t.Errorf("file %q: MasterKey = %q, want %q", content, c.MasterKey, want)
+			}
+			if _, ok := os.LookupEnv("ATRIUM_MASTER_KEY"); ok {
+				t.Error("after Load the master key is in the process environment (child processes inherit it)")
+			}
+		}
+	})
+
+	t.Run("master key file with a bad key", func(t *testing.T) {
+		_, err := load(t, map[string]string{"ATRIUM_MASTER_KEY": unset, "ATRIUM_MASTER_KEY_FILE": writeFile(t, shortMasterKey+"\n")})
+		wantError(t, err, "ATRIUM_MASTER_KEY", "16 bytes, want 32")
+		if strings.Contains(err.Error(), shortMasterKey) {
+			t.Errorf("the error prints the key: %v", err)
+		}
+	})
+
+	t.Run("master key and its file both set", func(t *testing.T) {
+		_, err := load(t, map[string]string{"ATRIUM_MASTER_KEY": testMasterKey, "ATRIUM_MASTER_KEY_FILE": writeFile(t, otherMasterKey)})
+		wantError(t, err, "ATRIUM_MASTER_KEY_FILE", "set together with ATRIUM_MASTER_KEY")
+	})
+
 	t.Run("only secrets come from files", func(t *testing.T) {
 		c, err := load(t, map[string]string{"ATRIUM_LOG_LEVEL_FILE": writeFile(t, "debug")})
 		if err != nil {
@@ -391,6 +509,7 @@ func TestDump(t *testing.T) {
 		"ATRIUM_DATABASE_URL":         "postgres://u:s3cret@h/db",
 		"ATRIUM_REDIS_URL":            "redis://:s3cret@h:6379/0",
 		"ATRIUM_HTTP_TRUSTED_PROXIES": "10.0.0.0/8,192.168.0.0/16",
+		"ATRIUM_MASTER_KEY":           "k2:" + otherMasterKey + ",k1:" + testMasterKey,
 	})
 	if err != nil {
 		t.Fatalf("Load: %v", err)
@@ -398,6 +517,9 @@ func TestDump(t *testing.T) {
 	got, out := dump(t, c)
 	if strings.Contains(out, "s3cret") {
 		t.Errorf("Dump prints a password:\n%s", out)
+	}
+	if strings.Contains(out, testMasterKey) || strings.Contains(out, otherMasterKey) {
+		t.Errorf("Dump prints the master key:\n%s", out)
 	}
 	for key, want := range map[string]string{
 		"ATRIUM_DATABASE_URL":         "postgres://u:xxx@h/db",
@@ -408,6 +530,10 @@ func TestDump(t *testing.T) {
 		"ATRIUM_HTTP_ADDR":            ":8080",
 		"ATRIUM_HTTP_REQUEST_TIMEOUT": "30s",
 		"ATRIUM_ENV":                  "production",
+		"ATRIUM_MASTER_KEY":           "***",
+		"ATRIUM_AUTH_ISSUER":          "atrium",
+		"ATRIUM_AUTH_ACCESS_TTL":      "10m0s",
+		"ATRIUM_AUTH_KEY_ROTATION":    "720h0m0s",
 	} {
 		if got[key] != want {
 			t.Errorf("Dump prints %s as %q, want %q", key, got[key], want)
@@ -433,6 +559,30 @@ func TestDumpRedactsSecrets(t *testing.T) {
 			}
 			if got["ATRIUM_DATABASE_URL"] != tc.want {
 				t.Errorf("Dump prints ATRIUM_DATABASE_URL as %q, want %q", got["ATRIUM_DATABASE_URL"], tc.want)
+			}
+		})
+	}
+}
+
+// TestDumpRedactsMasterKey checks that the master key, which is not a URL,
+// is printed as *** whatever its form.
+func TestDumpRedactsMasterKey(t *testing.T) {
+	for _, tc := range []struct {
+		name, key, want string
+	}{
+		{"bare key", otherMasterKey, "***"},
+		{"one entry with id", "k1:" + otherMasterKey, "***"},
+		{"rotated keyring", "k2:" + otherMasterKey + ",k1:" + testMasterKey, "***"},
+		{"unset", "", "(unset)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := config.Config{MasterKey: tc.key}
+			got, out := dump(t, c)
+			if strings.Contains(out, "s3cret") || (tc.key != "" && strings.Contains(out, testMasterKey)) {
+				t.Errorf("Dump prints the master key:\n%s", out)
+			}
+			if got["ATRIUM_MASTER_KEY"] != tc.want {
+				t.Errorf("Dump prints ATRIUM_MASTER_KEY as %q, want %q", got["ATRIUM_MASTER_KEY"], tc.want)
 			}
 		})
 	}
@@ -468,6 +618,14 @@ func TestVarsKeysAreRead(t *testing.T) {
 		"ATRIUM_REDIS_TIMEOUT":            "1s",
 		"ATRIUM_LOG_LEVEL":                "debug",
 		"ATRIUM_LOG_FORMAT":               "json",
+		"ATRIUM_MASTER_KEY":               "k2:" + otherMasterKey + ",k1:" + testMasterKey,
+		// Durations as time.Duration prints them, so that Vars reports the sample.
+		"ATRIUM_AUTH_ISSUER":       "https://atrium.example.com",
+		"ATRIUM_AUTH_AUDIENCE":     "other-api",
+		"ATRIUM_AUTH_ACCESS_TTL":   "15m0s",
+		"ATRIUM_AUTH_SESSION_IDLE": "45m0s",
+		"ATRIUM_AUTH_SESSION_MAX":  "24h0m0s",
+		"ATRIUM_AUTH_KEY_ROTATION": "168h0m0s",
 	}
 	base, err := load(t, nil)
 	if err != nil {
@@ -503,7 +661,7 @@ func TestVarsKeysAreRead(t *testing.T) {
 			}
 		})
 	}
-	for _, k := range []string{"ATRIUM_HTTP_ADDR", "ATRIUM_DATABASE_URL", "ATRIUM_DATABASE_MAX_CONNS", "ATRIUM_REDIS_URL", "ATRIUM_REDIS_PREFIX", "ATRIUM_LOG_LEVEL", "ATRIUM_MIGRATE_ON_START"} {
+	for _, k := range []string{"ATRIUM_HTTP_ADDR", "ATRIUM_DATABASE_URL", "ATRIUM_DATABASE_MAX_CONNS", "ATRIUM_REDIS_URL", "ATRIUM_REDIS_PREFIX", "ATRIUM_LOG_LEVEL", "ATRIUM_MIGRATE_ON_START", "ATRIUM_MASTER_KEY", "ATRIUM_AUTH_ISSUER", "ATRIUM_AUTH_KEY_ROTATION"} {
 		if !keys[k] {
 			t.Errorf("Vars does not list %s", k)
 		}

@@ -56,7 +56,7 @@ func referenceRows(t *testing.T) []docRow {
 		case !inTable || strings.HasPrefix(line, "|-") || strings.HasPrefix(line, "|:"):
 			continue
 		}
-		cells := strings.Split(strings.Trim(line, "|"), "|")
+		cells := splitRow(line)
 		if len(cells) != 5 {
 			t.Errorf("%s:%d: want 5 cells (%s), got %d: %s", operationsGuide, n, referenceHeader, len(cells), line)
 			continue
@@ -76,6 +76,20 @@ func referenceRows(t *testing.T) []docRow {
 		t.Fatalf("%s: the %q section has no table with the header %s", operationsGuide, referenceTitle, referenceHeader)
 	}
 	return rows
+}
+
+// splitRow splits a table row into its cells. As in GitHub-flavoured
+// Markdown, a pipe escaped as \| belongs to its cell (the master key's
+// description contains "head -c 32 /dev/urandom | base64").
+func splitRow(line string) []string {
+	const escaped = "\x00"
+	line = strings.ReplaceAll(line, `\|`, escaped)
+	line = strings.TrimSuffix(strings.TrimPrefix(line, "|"), "|")
+	cells := strings.Split(line, "|")
+	for i := range cells {
+		cells[i] = strings.ReplaceAll(cells[i], escaped, "|")
+	}
+	return cells
 }
 
 func yesNo(b bool) string {

@@ -123,11 +123,10 @@ func (t *Tx) Do(ctx context.Context, name string, fn func(pgx.Tx) error) (err er
 	if err != nil {
 		return fmt.Errorf("%s: begin: %w", name, err)
 	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback(context.WithoutCancel(ctx))
-		}
-	}()
+	// Rollback is a no-op once Commit has succeeded; deferring it
+	// unconditionally also ends the transaction (and gives the connection
+	// back) when fn panics and the panic is recovered further up.
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	if err = fn(tx); err != nil {
 		return err
 	}

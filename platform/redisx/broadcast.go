@@ -46,7 +46,14 @@ func (b *Broadcast[T]) Publish(ctx context.Context, v T) error {
 func (b *Broadcast[T]) Subscribe(ctx context.Context, log zerolog.Logger, onReady func(), fn func(T)) error {
 	ps := b.c.Subscribe(ctx)
 	defer ps.Close()
+	// go-redis ends a blocked Receive at a deadline but not on cancellation:
+	// close the subscription when ctx ends so that Receive returns.
+	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
+	defer stop()
 	if err := ps.Subscribe(ctx, b.channel); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("broadcast %s: subscribe: %w", b.channel, err)
 	}
 	for {

@@ -1,0 +1,135 @@
+package auth
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/atriumhq/atrium/platform/errs"
+	"github.com/atriumhq/atrium/platform/postgres"
+	"github.com/atriumhq/atrium/platform/principal"
+)
+
+// Terminal is a POS terminal: a machine client of a tenant's merchant.
+// Its secret is 256 random bits, shown once at creation and stored as a
+// SHA-256 hash: with that much entropy a slow password hash adds nothing
+// but latency to every token request.
+type Terminal struct {
+	ID          string     `json:"id"`
+	TenantID    string     `json:"tenant_id"`
+	MerchantRef string     `json:"merchant_ref"`
+	Name        string     `json:"name"`
+	Status      string     `json:"status"`
+	LastSeenAt  *time.Time `json:"last_seen_at"`
+	CreatedAt   time.Time  `json:"created_at"`
+	// Secret is set only in the answer to CreateTerminal.
+	Secret string `json:"client_secret,omitempty"`
+}
+
+// NewTerminal is a request to register a terminal.
+type NewTerminal struct {
+	MerchantRef string `json:"merchant_ref" required:"true"`
+	Name        string `json:"name"`
+	TenantID    string `json:"tenant_id"`
+}
+
+// CreateTerminal registers a terminal and returns it with its client
+// secret, which is never shown again. Errors: invalid, forbidden.
+func (s *Service) CreateTerminal(ctx context.Context, in NewTerminal) (*Terminal, error) {
+	if err := principal.Check(ctx, "terminals:manage"); err != nil {
+		return nil, err
+	}
+	p := principal.From(ctx)
+	if p.TenantID != "" {
+		if in.TenantID != "" && in.TenantID != p.TenantID {
+			return nil, errs.Field("tenant_id", "must be your own tenant")
+		}
+		in.TenantID = p.TenantID
+	}
+	if _, err := uuid.Parse(in.TenantID); err != nil {
+		return nil, errs.Field("tenant_id", "is required (a UUID) for platform administrators")
+	}
+	in.MerchantRef = strings.TrimSpace(in.MerchantRef)
+	if in.MerchantRef == "" || len(in.MerchantRef) > 64 {
+		return nil, errs.Field("merchant_ref", "must be 1 to 64 characters")
+	}
+	secret, hash := newOpaque()
+	now := s.now()
+	t := &Terminal{ID: uuid.Must(uuid.NewV7()).String(), TenantID: in.TenantID, MerchantRef: in.MerchantRef,
+		Name: strings.TrimSpace(in.Name), Status: "active", CreatedAt: now, Secret: secret}
+	err := s.tx.Do(ctx, "auth.create_terminal", func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO terminals (id, tenant_id, merchant_ref, name, secret_hash, created_at)
+			VALUES ($1, $2, $3, $4, $5, $6)`, t.ID, t.TenantID, t.MerchantRef, t.Name, hash, now); err != nil {
+			return err
+		}
+		return audit(ctx, tx, now, t.TenantID, actorOf(ctx), "terminal.create", "terminal:"+t.ID, map[string]any{"merchant_ref": t.MerchantRef})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// ListTerminals lists the terminals in the caller's scope.
+func (s *Service) ListTerminals(ctx context.Context) ([]Terminal, error) {
+	if err := principal.Check(ctx, "terminals:read"); err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT id, tenant_id, merchant_ref, name, status, last_seen_at, created_at
+		FROM terminals WHERE ($1 = '' OR tenant_id::text = $1) ORDER BY created_at DESC`, scopeArg(ctx))
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, scanTerminal)
+}
+
+func scanTerminal(r pgx.CollectableRow) (Terminal, error) {
+	var t Terminal
+	err := r.Scan(&t.ID, &t.TenantID, &t.MerchantRef, &t.Name, &t.Status, &t.LastSeenAt, &t.CreatedAt)
+	return t, err
+}
+
+// SetTerminalStatus disables or re-enables a terminal; disabling revokes
+// its tokens on every instance within a second. Errors: not_found.
+func (s *Service) SetTerminalStatus(ctx context.Context, id, status string) (*Terminal, error) {
+	if err := principal.Check(ctx, "terminals:manage"); err != nil {
+		return nil, err
+	}
+	if status != "active" && status != "disabled" {
+		return nil, errs.Field("status", "must be active or disabled")
+	}
+	if _, err := uuid.Parse(id); err != nil {
+		return nil, errs.E(errs.NotFound, "no such terminal")
+	}
+	var t Terminal
+	var gen int64
+	err := s.tx.Do(ctx, "auth.terminal_status", func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `UPDATE terminals SET status = $2 WHERE id = $1 AND ($3 = '' OR tenant_id::text = $3)
+			RETURNING id, tenant_id, merchant_ref, name, status, last_seen_at, created_at`, id, status, scopeArg(ctx))
+		if err != nil {
+			return err
+		}
+		if t, err = pgx.CollectExactlyOneRow(rows, scanTerminal); err != nil {
+			if postgres.IsNoRows(err) {
+				return errs.E(errs.NotFound, "no such terminal")
+			}
+			return err
+		}
+		if status == "disabled" {
+			if gen, err = bumpGen(ctx, tx, "terminals", id, "", s.now()); err != nil {
+				return err
+			}
+		}
+		return audit(ctx, tx, s.now(), t.TenantID, actorOf(ctx), "terminal."+status, "terminal:"+id, nil)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if gen > 0 {
+		s.publish(ctx, event{Kind: "gen", ID: "terminal:" + id, Gen: gen})
+	}
+	return &t, nil
+}

@@ -1,0 +1,223 @@
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jws"
+	"github.com/lestrrat-go/jwx/v3/jwt"
+
+	"github.com/atriumhq/atrium/platform/errs"
+	"github.com/atriumhq/atrium/platform/principal"
+)
+
+// Access tokens follow the JWT profile for OAuth 2.0 access tokens (RFC
+// 9068): typ at+jwt, iss, aud, sub, client_id, jti, iat, exp, plus
+//
+//	kind    "user" or "terminal"
+//	tenant  the tenant id ("" for platform administrators)
+//	sid     the login session (users)
+//	gen     the subject's token generation (see revocations)
+//	roles   the roles at issue time (informational: permissions are
+//	        resolved per request, so role changes apply at once)
+const (
+	maxTokenBytes = 4096
+	clockSkew     = 30 * time.Second
+	// terminalPermissions are what a POS terminal may do.
+	terminalRole = "terminal"
+)
+
+var terminalPermissions = []string{"payments:create", "payments:read"}
+
+// TokenResponse is the OAuth 2.0 token response (RFC 6749 §5.1).
+type TokenResponse struct {
+	AccessToken  string `json:"access_token"`
+	TokenType    string `json:"token_type"`
+	ExpiresIn    int    `json:"expires_in"`
+	RefreshToken string `json:"refresh_token,omitempty"`
+	Scope        string `json:"scope,omitempty"`
+}
+
+type tokenSpec struct {
+	kind                     principal.Kind
+	subject, tenant, session string
+	gen                      int64
+	roles                    []string
+}
+
+// issue signs an access token.
+func (s *Service) issue(spec tokenSpec) (token, jti string, exp time.Time, err error) {
+	now := s.now()
+	exp = now.Add(s.cfg.AccessTTL)
+	jti = uuid.Must(uuid.NewV7()).String()
+	b := jwt.NewBuilder().Issuer(s.cfg.Issuer).Audience([]string{s.cfg.Audience}).Subject(spec.subject).
+		JwtID(jti).IssuedAt(now).NotBefore(now).Expiration(exp).
+		Claim("client_id", spec.subject).Claim("kind", string(spec.kind)).Claim("tenant", spec.tenant).
+		Claim("gen", spec.gen).Claim("roles", spec.roles)
+	if spec.session != "" {
+		b = b.Claim("sid", spec.session)
+	}
+	t, err := b.Build()
+	if err != nil {
+		return "", "", time.Time{}, err
+	}
+	ks := s.keys.set.Load()
+	h := jws.NewHeaders()
+	_ = h.Set(jws.KeyIDKey, ks.signKID)
+	_ = h.Set(jws.TypeKey, "at+jwt")
+	signed, err := jwt.Sign(t, jwt.WithKey(jwa.EdDSA(), ks.sign, jws.WithProtectedHeaders(h)))
+	if err != nil {
+		return "", "", time.Time{}, err
+	}
+	return string(signed), jti, exp, nil
+}
+
+// claims are the parts of a verified access token the edge uses.
+type claims struct {
+	kind                          principal.Kind
+	subject, tenant, session, jti string
+	gen                           int64
+	roles                         []string
+	exp                           time.Time
+}
+
+var errBadToken = errs.E(errs.Unauthenticated, "the access token is invalid, expired or revoked")
+
+// parse verifies an access token's signature, type, algorithm, issuer,
+// audience and times, and returns its claims. It does not check revocation.
+func (s *Service) parse(ctx context.Context, raw string) (*claims, error) {
+	if raw == "" || len(raw) > maxTokenBytes {
+		return nil, errBadToken
+	}
+	t, err := jwt.ParseString(raw,
+		jwt.WithContext(ctx),
+		jwt.WithKeyProvider(provider{s.keys}),
+		jwt.WithIssuer(s.cfg.Issuer),
+		jwt.WithAudience(s.cfg.Audience),
+		jwt.WithRequiredClaim("exp"), jwt.WithRequiredClaim("iat"), jwt.WithRequiredClaim("jti"),
+		jwt.WithRequiredClaim("sub"), jwt.WithRequiredClaim("kind"), jwt.WithRequiredClaim("gen"),
+		jwt.WithAcceptableSkew(clockSkew), // exp, nbf and iat (not in the future) are checked by default
+		jwt.WithClock(jwt.ClockFunc(s.now)),
+	)
+	if err != nil {
+		return nil, errBadToken
+	}
+	c := &claims{}
+	var kind string
+	c.subject, _ = t.Subject()
+	c.jti, _ = t.JwtID()
+	c.exp, _ = t.Expiration()
+	if t.Get("kind", &kind) != nil || t.Get("tenant", &c.tenant) != nil {
+		return nil, errBadToken
+	}
+	var gen float64 // JSON numbers decode as float64
+	if t.Get("gen", &gen) != nil {
+		return nil, errBadToken
+	}
+	c.gen = int64(gen)
+	_ = t.Get("sid", &c.session)
+	var roles []any
+	if t.Get("roles", &roles) == nil {
+		for _, r := range roles {
+			if s, ok := r.(string); ok {
+				c.roles = append(c.roles, s)
+			}
+		}
+	}
+	c.kind = principal.Kind(kind)
+	if c.kind != principal.User && c.kind != principal.Terminal {
+		return nil, errBadToken
+	}
+	return c, nil
+}
+
+// Authenticate resolves a bearer token (or the admin UI's session cookie)
+// to a principal, locally: the signature is checked against in-memory keys
+// and revocation against in-memory state, with no network round trip on the
+// common path (a user's permissions come from the in-process cache). A
+// request without credentials passes on anonymous; routes declare what they
+// need with principal.Require. A request with bad credentials is refused.
+func (s *Service) Authenticate(onErr func(http.ResponseWriter, *http.Request, error)) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			raw, fromCookie := credentials(r)
+			if raw == "" {
+				next.ServeHTTP(w, r)
+				return
+			}
+			if fromCookie && !safeMethod(r.Method) && !checkCSRF(r) {
+				onErr(w, r, errs.E(errs.Forbidden, "missing or wrong CSRF token"))
+				return
+			}
+			p, err := s.principalFor(r.Context(), raw)
+			if err != nil {
+				if fromCookie {
+					// A stale UI cookie makes the request anonymous: the
+					// UI then sends the browser to the login page.
+					clearCookie(w, accessCookie, s.sec)
+					next.ServeHTTP(w, r)
+					return
+				}
+				w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+				onErr(w, r, err)
+				return
+			}
+			next.ServeHTTP(w, r.WithContext(principal.With(r.Context(), p)))
+		})
+	}
+}
+
+// credentials returns the bearer token of the request, or the UI cookie.
+func credentials(r *http.Request) (token string, fromCookie bool) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, tok, _ := strings.Cut(h, " ")
+		if !strings.EqualFold(scheme, "Bearer") {
+			return "\x00invalid", false // a non-bearer scheme is a bad credential, not none
+		}
+		return strings.TrimSpace(tok), false
+	}
+	if c, err := r.Cookie(accessCookie); err == nil {
+		return c.Value, true
+	}
+	return "", false
+}
+
+// principalFor verifies a token and builds the principal.
+func (s *Service) principalFor(ctx context.Context, raw string) (*principal.Principal, error) {
+	c, err := s.parse(ctx, raw)
+	if err != nil {
+		return nil, err
+	}
+	if s.revs.revoked(c.jti, c.session, string(c.kind)+":"+c.subject, c.gen) {
+		return nil, errBadToken
+	}
+	p := &principal.Principal{Kind: c.kind, ID: c.subject, TenantID: c.tenant, SessionID: c.session, TokenID: c.jti}
+	if c.kind == principal.Terminal {
+		p.Roles, p.Permissions = []string{terminalRole}, terminalPermissions
+		return p, nil
+	}
+	if p.Roles, p.Permissions, err = s.userPermissions(ctx, c.subject); err != nil {
+		return nil, errs.Wrap(errs.Unavailable, err, "permissions are temporarily unavailable")
+	}
+	return p, nil
+}
+
+// newOpaque returns a random 256-bit opaque token and its SHA-256 hash.
+func newOpaque() (token string, hash []byte) {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	token = base64.RawURLEncoding.EncodeToString(b)
+	return token, hashOpaque(token)
+}
+
+func hashOpaque(token string) []byte {
+	h := sha256.Sum256([]byte(token))
+	return h[:]
+}
