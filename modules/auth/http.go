@@ -46,6 +46,8 @@ func (s *Service) Routes() http.Handler {
 	r.With(need("terminals:read")).Get("/terminals", h.H(s.handleListTerminals))
 	r.With(need("terminals:manage")).Post("/terminals", h.H(s.handleCreateTerminal))
 	r.With(need("terminals:manage")).Post("/terminals/{id}/status", h.H(s.handleTerminalStatus))
+	r.With(need("users:read")).Get("/roles", h.H(s.handleListRoles))
+	r.With(need("roles:manage")).Post("/roles", h.H(s.handleCreateRole))
 	r.With(need("audit:read")).Get("/audit", h.H(s.handleAudit))
 	return r
 }
@@ -204,7 +206,7 @@ func (s *Service) WhoAmI(r *http.Request) (*Me, error) {
 		me.TerminalID = p.ID
 		return me, nil
 	}
-	u, err := s.getUserUnscoped(r, p.ID)
+	u, err := s.getUser(r.Context(), p.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -396,5 +398,27 @@ func (s *Service) handleAudit(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	httpx.JSON(w, http.StatusOK, map[string]any{"entries": entries})
+	return nil
+}
+
+func (s *Service) handleListRoles(w http.ResponseWriter, r *http.Request) error {
+	roles, err := s.ListRoles(r.Context())
+	if err != nil {
+		return err
+	}
+	httpx.JSON(w, http.StatusOK, map[string]any{"roles": roles})
+	return nil
+}
+
+func (s *Service) handleCreateRole(w http.ResponseWriter, r *http.Request) error {
+	var in NewRole
+	if err := httpx.Decode(r, &in); err != nil {
+		return err
+	}
+	role, err := s.CreateRole(r.Context(), in)
+	if err != nil {
+		return err
+	}
+	httpx.JSON(w, http.StatusCreated, role)
 	return nil
 }

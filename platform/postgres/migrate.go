@@ -26,7 +26,8 @@ type Migrator struct {
 // at its root) over pool.
 func NewMigrator(pool *pgxpool.Pool, fsys fs.FS) (*Migrator, error) {
 	db := stdlib.OpenDBFromPool(pool)
-	locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(migrationLockID))
+	// Retry the lock every second (goose waits 5 s by default), for up to 5 minutes.
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(migrationLockID), lock.WithLockTimeout(1, 300))
 	if err != nil {
 		return nil, err
 	}

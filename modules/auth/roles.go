@@ -1,0 +1,107 @@
+package auth
+
+import (
+	"context"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/atriumhq/atrium/platform/errs"
+	"github.com/atriumhq/atrium/platform/principal"
+)
+
+// Role is a named set of permissions. Built-in roles (platform_admin,
+// tenant_admin, operator, viewer) belong to no tenant; custom roles belong
+// to one.
+type Role struct {
+	ID          string   `json:"id"`
+	TenantID    *string  `json:"tenant_id"`
+	Name        string   `json:"name"`
+	Description string   `json:"description"`
+	Permissions []string `json:"permissions"`
+	Builtin     bool     `json:"builtin"`
+}
+
+// grantable are the permissions a custom role may hold: what a tenant
+// administrator holds, so no custom role reaches beyond its tenant.
+var grantable = []string{"users:manage", "users:read", "roles:manage", "terminals:manage", "terminals:read", "audit:read",
+	"payments:read", "payments:refund", "gpu:read", "gpu:deploy", "cluster:read"}
+
+var roleName = regexp.MustCompile(`^[a-z][a-z0-9_]{1,39}$`)
+
+// ListRoles lists the built-in roles and the caller's tenant's custom
+// roles (every tenant's for platform administrators).
+func (s *Service) ListRoles(ctx context.Context) ([]Role, error) {
+	if err := principal.Check(ctx, "users:read"); err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT id, tenant_id, name, description, permissions, builtin FROM roles
+		WHERE tenant_id IS NULL OR $1 = '' OR tenant_id::text = $1 ORDER BY builtin DESC, name`, scopeArg(ctx))
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Role, error) {
+		var x Role
+		err := r.Scan(&x.ID, &x.TenantID, &x.Name, &x.Description, &x.Permissions, &x.Builtin)
+		return x, err
+	})
+}
+
+// NewRole is a request to define a custom role.
+type NewRole struct {
+	Name        string   `json:"name" required:"true"`
+	Description string   `json:"description"`
+	Permissions []string `json:"permissions" required:"true"`
+	TenantID    string   `json:"tenant_id"`
+}
+
+// CreateRole defines a custom role in the caller's tenant (platform
+// administrators name the tenant). Errors: invalid, forbidden, conflict.
+func (s *Service) CreateRole(ctx context.Context, in NewRole) (*Role, error) {
+	if err := principal.Check(ctx, "roles:manage"); err != nil {
+		return nil, err
+	}
+	p := principal.From(ctx)
+	if p.TenantID != "" {
+		if in.TenantID != "" && in.TenantID != p.TenantID {
+			return nil, errs.Field("tenant_id", "must be your own tenant")
+		}
+		in.TenantID = p.TenantID
+	}
+	if _, err := uuid.Parse(in.TenantID); err != nil {
+		return nil, errs.Field("tenant_id", "is required (a UUID): custom roles belong to a tenant")
+	}
+	in.Name = strings.TrimSpace(in.Name)
+	if !roleName.MatchString(in.Name) {
+		return nil, errs.Field("name", "must be 2 to 40 lower-case letters, digits or _ starting with a letter")
+	}
+	perms := uniq(in.Permissions)
+	for _, perm := range perms {
+		if !slices.Contains(grantable, perm) {
+			return nil, errs.Field("permissions", "%q cannot be granted by a custom role", perm)
+		}
+	}
+	r := &Role{ID: uuid.Must(uuid.NewV7()).String(), TenantID: &in.TenantID, Name: in.Name, Description: strings.TrimSpace(in.Description), Permissions: perms}
+	err := s.tx.Do(ctx, "auth.create_role", func(tx pgx.Tx) error {
+		var clash bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM roles WHERE name = $1 AND (tenant_id IS NULL OR tenant_id::text = $2))`,
+			in.Name, in.TenantID).Scan(&clash); err != nil {
+			return err
+		}
+		if clash {
+			return errs.Field("name", "a role named %s already exists", in.Name)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO roles (id, tenant_id, name, description, permissions) VALUES ($1, $2, $3, $4, $5)`,
+			r.ID, in.TenantID, r.Name, r.Description, perms); err != nil {
+			return err
+		}
+		return audit(ctx, tx, s.now(), in.TenantID, actorOf(ctx), "role.create", "role:"+r.ID, map[string]any{"name": r.Name, "permissions": perms})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
