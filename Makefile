@@ -38,11 +38,13 @@ run: build ## run Atrium at http://127.0.0.1:8080 in development mode
 	  chmod 600 .dev/master.key; \
 	  export ATRIUM_MASTER_KEY_FILE="$(CURDIR)/.dev/master.key"; \
 	fi; \
-	ATRIUM_ENV=development \
+	export ATRIUM_ENV=development \
 	 ATRIUM_HTTP_ADDR=$${ATRIUM_HTTP_ADDR:-127.0.0.1:8080} \
 	 ATRIUM_DATABASE_URL=$${ATRIUM_DATABASE_URL:-$(PG_URL)/atrium?sslmode=disable} \
-	 ATRIUM_REDIS_URL=$${ATRIUM_REDIS_URL:-$(REDIS_URL)} \
-	 exec ./bin/atrium serve
+	 ATRIUM_REDIS_URL=$${ATRIUM_REDIS_URL:-$(REDIS_URL)}; \
+	./bin/atrium admin create-user --email admin@atrium.local --name "Platform admin" --role platform_admin \
+	  --generate-password --if-not-exists || exit 1; \
+	exec ./bin/atrium serve
 
 vet: ## go vet and gofmt check
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt-ed:"; echo "$$out"; exit 1; fi

@@ -86,7 +86,7 @@ func cmdAdmin(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	}
 	fmt.Fprintf(stdout, "created user %s (%s) with role %s\n", u.Email, u.ID, *role)
 	if *generate {
-		fmt.Fprintf(stdout, "password: %s\n", password)
+		fmt.Fprintf(stdout, "password: %s\n(shown once: sign in and change it)\n", password)
 	}
 	return nil
 }

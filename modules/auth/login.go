@@ -253,7 +253,8 @@ func (s *Service) Refresh(ctx context.Context, token string) (*TokenResponse, er
 			// session and unused, and the retry comes within seconds.
 			var child []byte
 			var childUsed *time.Time
-			err := tx.QueryRow(ctx, `SELECT hash, used_at FROM refresh_tokens WHERE parent = $1`, hash).Scan(&child, &childUsed)
+			err := tx.QueryRow(ctx, `SELECT hash, used_at FROM refresh_tokens WHERE parent = $1
+				ORDER BY created_at DESC LIMIT 1`, hash).Scan(&child, &childUsed)
 			if err != nil && !postgres.IsNoRows(err) {
 				return err
 			}
@@ -400,8 +401,8 @@ func (s *Service) ClientCredentials(ctx context.Context, clientID, secret string
 	var tenant, status string
 	var stored []byte
 	var gen int64
-	err := s.pool.QueryRow(ctx, `UPDATE terminals SET last_seen_at = $2 WHERE id = $1
-		RETURNING tenant_id, status, secret_hash, token_gen`, clientID, s.now()).Scan(&tenant, &status, &stored, &gen)
+	err := s.pool.QueryRow(ctx, `SELECT tenant_id, status, secret_hash, token_gen FROM terminals WHERE id = $1`,
+		clientID).Scan(&tenant, &status, &stored, &gen)
 	if postgres.IsNoRows(err) {
 		return nil, bad
 	}
@@ -410,6 +411,9 @@ func (s *Service) ClientCredentials(ctx context.Context, clientID, secret string
 	}
 	if subtle.ConstantTimeCompare(hashOpaque(secret), stored) != 1 || status != "active" {
 		return nil, bad
+	}
+	if _, err := s.pool.Exec(ctx, `UPDATE terminals SET last_seen_at = $2 WHERE id = $1`, clientID, s.now()); err != nil {
+		return nil, err
 	}
 	at, _, _, err := s.issue(tokenSpec{kind: principal.Terminal, subject: clientID, tenant: tenant, gen: gen, roles: []string{terminalRole}})
 	if err != nil {
