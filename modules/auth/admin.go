@@ -217,7 +217,11 @@ func (s *Service) SetUserStatus(ctx context.Context, id, status string) (*User, 
 				return err
 			}
 		}
-		return audit(ctx, tx, s.now(), deref(u.TenantID), actorOf(ctx), "user."+strings.TrimSuffix(status, "d")+"e", "user:"+id, nil)
+		action := "user.enable"
+		if status == "disabled" {
+			action = "user.disable"
+		}
+		return audit(ctx, tx, s.now(), deref(u.TenantID), actorOf(ctx), action, "user:"+id, nil)
 	})
 	if err != nil {
 		return nil, err

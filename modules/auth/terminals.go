@@ -123,7 +123,11 @@ func (s *Service) SetTerminalStatus(ctx context.Context, id, status string) (*Te
 				return err
 			}
 		}
-		return audit(ctx, tx, s.now(), t.TenantID, actorOf(ctx), "terminal."+status, "terminal:"+id, nil)
+		action := "terminal.enable"
+		if status == "disabled" {
+			action = "terminal.disable"
+		}
+		return audit(ctx, tx, s.now(), t.TenantID, actorOf(ctx), action, "terminal:"+id, nil)
 	})
 	if err != nil {
 		return nil, err
