@@ -37,13 +37,11 @@ func (s *Service) CreateUser(ctx context.Context, in NewUser) (*User, error) {
 	if err := principal.Check(ctx, "users:manage"); err != nil {
 		return nil, err
 	}
-	p := principal.From(ctx)
-	if p.TenantID != "" {
-		if in.TenantID != "" && in.TenantID != p.TenantID {
-			return nil, errs.Field("tenant_id", "must be your own tenant")
-		}
-		in.TenantID = p.TenantID
+	tenant, err := targetTenant(ctx, in.TenantID)
+	if err != nil {
+		return nil, err
 	}
+	in.TenantID = tenant
 	return s.createUser(ctx, in)
 }
 
@@ -134,8 +132,21 @@ func uniq(s []string) []string {
 	return slices.Compact(out)
 }
 
-// scopeClause restricts a query to the caller's tenant unless they are a
-// platform administrator. col is the tenant column.
+// targetTenant is the tenant a new object of the caller's goes into: their
+// own, for tenant users (naming another is an error); the one they name, for
+// platform administrators.
+func targetTenant(ctx context.Context, requested string) (string, error) {
+	p := principal.From(ctx)
+	if p == nil || p.TenantID == "" {
+		return requested, nil
+	}
+	if requested != "" && requested != p.TenantID {
+		return "", errs.Field("tenant_id", "must be your own tenant")
+	}
+	return p.TenantID, nil
+}
+
+// scopeArg restricts a query
 func scopeArg(ctx context.Context) string {
 	if p := principal.From(ctx); p != nil {
 		return p.TenantID

@@ -64,13 +64,11 @@ func (s *Service) CreateRole(ctx context.Context, in NewRole) (*Role, error) {
 	if err := principal.Check(ctx, "roles:manage"); err != nil {
 		return nil, err
 	}
-	p := principal.From(ctx)
-	if p.TenantID != "" {
-		if in.TenantID != "" && in.TenantID != p.TenantID {
-			return nil, errs.Field("tenant_id", "must be your own tenant")
-		}
-		in.TenantID = p.TenantID
+	tenant, err := targetTenant(ctx, in.TenantID)
+	if err != nil {
+		return nil, err
 	}
+	in.TenantID = tenant
 	if _, err := uuid.Parse(in.TenantID); err != nil {
 		return nil, errs.Field("tenant_id", "is required (a UUID): custom roles belong to a tenant")
 	}
@@ -85,7 +83,7 @@ func (s *Service) CreateRole(ctx context.Context, in NewRole) (*Role, error) {
 		}
 	}
 	r := &Role{ID: uuid.Must(uuid.NewV7()).String(), TenantID: &in.TenantID, Name: in.Name, Description: strings.TrimSpace(in.Description), Permissions: perms}
-	err := s.tx.Do(ctx, "auth.create_role", func(tx pgx.Tx) error {
+	err = s.tx.Do(ctx, "auth.create_role", func(tx pgx.Tx) error {
 		var clash bool
 		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM roles WHERE name = $1 AND (tenant_id IS NULL OR tenant_id::text = $2))`,
 			in.Name, in.TenantID).Scan(&clash); err != nil {

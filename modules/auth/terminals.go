@@ -42,13 +42,11 @@ func (s *Service) CreateTerminal(ctx context.Context, in NewTerminal) (*Terminal
 	if err := principal.Check(ctx, "terminals:manage"); err != nil {
 		return nil, err
 	}
-	p := principal.From(ctx)
-	if p.TenantID != "" {
-		if in.TenantID != "" && in.TenantID != p.TenantID {
-			return nil, errs.Field("tenant_id", "must be your own tenant")
-		}
-		in.TenantID = p.TenantID
+	tenant, err := targetTenant(ctx, in.TenantID)
+	if err != nil {
+		return nil, err
 	}
+	in.TenantID = tenant
 	if _, err := uuid.Parse(in.TenantID); err != nil {
 		return nil, errs.Field("tenant_id", "is required (a UUID) for platform administrators")
 	}
@@ -60,7 +58,7 @@ func (s *Service) CreateTerminal(ctx context.Context, in NewTerminal) (*Terminal
 	now := s.now()
 	t := &Terminal{ID: uuid.Must(uuid.NewV7()).String(), TenantID: in.TenantID, MerchantRef: in.MerchantRef,
 		Name: strings.TrimSpace(in.Name), Status: "active", CreatedAt: now, Secret: secret}
-	err := s.tx.Do(ctx, "auth.create_terminal", func(tx pgx.Tx) error {
+	err = s.tx.Do(ctx, "auth.create_terminal", func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO terminals (id, tenant_id, merchant_ref, name, secret_hash, created_at)
 			VALUES ($1, $2, $3, $4, $5, $6)`, t.ID, t.TenantID, t.MerchantRef, t.Name, hash, now); err != nil {
 			return err

@@ -1,0 +1,336 @@
+package auth
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/atriumhq/atrium/platform/config"
+	"github.com/atriumhq/atrium/platform/keyring"
+	"github.com/atriumhq/atrium/platform/postgres"
+	"github.com/atriumhq/atrium/platform/principal"
+	"github.com/atriumhq/atrium/platform/redisx"
+	"github.com/atriumhq/atrium/platform/testenv"
+	atriumsql "github.com/atriumhq/atrium/sql"
+)
+
+// testMasterKey is a fixed keyring for tests (32 bytes 0x00..0x1f): the
+// signing keys it seals live only in the test's own database.
+const testMasterKey = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+
+// testAuthConfig is the auth configuration tests and benchmarks run under.
+var testAuthConfig = config.Auth{
+	Issuer:      "https://atrium.test",
+	Audience:    "atrium-api",
+	AccessTTL:   10 * time.Minute,
+	SessionIdle: 30 * time.Minute,
+	SessionMax:  12 * time.Hour,
+	KeyRotation: 720 * time.Hour,
+}
+
+// newTestService returns a Service built with New on a fresh migrated
+// database and a Redis prefix of its own, both removed when tb ends. It
+// does not call Run: nothing in the background talks to PostgreSQL or
+// Redis. Skipped under -short.
+func newTestService(tb testing.TB) *Service {
+	tb.Helper()
+	pool := testenv.Pool(tb, atriumsql.Migrations())
+	rc, err := redisx.Connect(redisx.Options{URL: testenv.RedisURL(), Prefix: testenv.RedisPrefix(tb), Timeout: time.Second})
+	if err != nil {
+		tb.Fatalf("redis: %v", err)
+	}
+	tb.Cleanup(func() { _ = rc.Close() })
+	ring, err := keyring.Parse(testMasterKey)
+	if err != nil {
+		tb.Fatalf("keyring: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := New(ctx, testAuthConfig, Deps{
+		Pool: pool, Tx: postgres.NewTx(pool, zerolog.Nop()), Redis: rc, Log: zerolog.Nop(),
+		Keyring: ring, Instance: "test",
+	})
+	if err != nil {
+		tb.Fatalf("auth.New: %v", err)
+	}
+	return s
+}
+
+// testUser creates an active tenant user with the viewer role and returns
+// it; its password is password.
+func testUser(tb testing.TB, s *Service, email, password string) *User {
+	tb.Helper()
+	u, err := s.CreateFirstAdmin(context.Background(), NewUser{Email: email, Password: password,
+		TenantID: "0193a000-0000-7000-8000-0000000000aa", Roles: []string{"viewer"}})
+	if err != nil {
+		tb.Fatalf("create user: %v", err)
+	}
+	return u
+}
+
+// callCounter counts the network calls a Service makes: PostgreSQL
+// connection acquisitions from its pool (every query, exec and transaction
+// acquires one) and Redis commands and dials through a hook on its client.
+type callCounter struct {
+	s     *Service
+	redis atomic.Int64
+}
+
+var _ redis.Hook = (*callCounter)(nil)
+
+func (c *callCounter) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c.redis.Add(1)
+		return next(ctx, network, addr)
+	}
+}
+
+func (c *callCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.redis.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *callCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.redis.Add(int64(len(cmds)))
+		return next(ctx, cmds)
+	}
+}
+
+// countCalls installs a callCounter on s.
+func countCalls(s *Service) *callCounter {
+	c := &callCounter{s: s}
+	s.redis.AddHook(c)
+	return c
+}
+
+// snapshot returns the calls counted so far.
+func (c *callCounter) snapshot() (db, rds int64) {
+	return c.s.pool.Stat().AcquireCount(), c.redis.Load()
+}
+
+// report adds db_calls/op and redis_calls/op since (db0, rds0) to b.
+func (c *callCounter) report(b *testing.B, db0, rds0 int64) {
+	b.Helper()
+	db, rds := c.snapshot()
+	b.ReportMetric(float64(db-db0)/float64(b.N), "db_calls/op")
+	b.ReportMetric(float64(rds-rds0)/float64(b.N), "redis_calls/op")
+}
+
+// edgeHandler is Authenticate around a handler that only records whether
+// it saw a principal; refused requests get 401.
+func edgeHandler(s *Service, seen *atomic.Int64) http.Handler {
+	onErr := func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusUnauthorized) }
+	return s.Authenticate(onErr)(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		if principal.From(r.Context()) != nil {
+			seen.Add(1)
+		}
+	}))
+}
+
+func bearer(token string) *http.Request {
+	r := httptest.NewRequest(http.MethodGet, "/v1/payments", nil)
+	r.Header.Set("Authorization", "Bearer "+token)
+	return r
+}
+
+// BenchmarkEdgeAuth measures what the edge does per request to resolve a
+// bearer token, against the bare Ed25519 signature check of the same token
+// (the baseline: no JWT library can go below it). The extra metrics count
+// PostgreSQL acquisitions and Redis commands per request; edge_authenticate
+// must show 0 for both once the user's permissions are cached.
+func BenchmarkEdgeAuth(b *testing.B) {
+	s := newTestService(b)
+	ctx := context.Background()
+	u := testUser(b, s, "edge@example.com", "correct horse battery staple")
+	token, _, _, err := s.issue(tokenSpec{kind: principal.User, subject: u.ID, tenant: *u.TenantID,
+		session: "0193a000-0000-7000-8000-0000000000bb", roles: u.Roles})
+	if err != nil {
+		b.Fatal(err)
+	}
+	calls := countCalls(s)
+
+	b.Run("raw_ed25519_verify", func(b *testing.B) {
+		ks := s.keys.set.Load()
+		pub := ks.verify[ks.signKID]
+		dot := strings.LastIndexByte(token, '.')
+		input := []byte(token[:dot])
+		sig, err := base64.RawURLEncoding.DecodeString(token[dot+1:])
+		if err != nil || len(pub) != ed25519.PublicKeySize {
+			b.Fatalf("token signature or key: %v", err)
+		}
+		b.ReportAllocs()
+		db0, rds0 := calls.snapshot()
+		for b.Loop() {
+			if !ed25519.Verify(pub, input, sig) {
+				b.Fatal("signature does not verify")
+			}
+		}
+		calls.report(b, db0, rds0)
+	})
+
+	b.Run("jwx_parse_verify", func(b *testing.B) {
+		b.ReportAllocs()
+		db0, rds0 := calls.snapshot()
+		for b.Loop() {
+			if _, err := s.parse(ctx, token); err != nil {
+				b.Fatal(err)
+			}
+		}
+		calls.report(b, db0, rds0)
+	})
+
+	b.Run("edge_authenticate", func(b *testing.B) {
+		var seen atomic.Int64
+		h := edgeHandler(s, &seen)
+		req := bearer(token)
+		h.ServeHTTP(httptest.NewRecorder(), req) // warm-up: loads the permissions once
+		if seen.Load() != 1 {
+			b.Fatal("warm-up request was not authenticated")
+		}
+		b.ReportAllocs()
+		db0, rds0 := calls.snapshot()
+		for b.Loop() {
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			if w.Code != http.StatusOK {
+				b.Fatalf("status %d", w.Code)
+			}
+		}
+		calls.report(b, db0, rds0)
+		if got := seen.Load() - 1; got != int64(b.N) {
+			b.Fatalf("handler saw a principal %d times in %d requests", got, b.N)
+		}
+	})
+}
+
+// BenchmarkTokenIssue measures signing one access token (tokens/s is
+// 1e9 / ns/op).
+func BenchmarkTokenIssue(b *testing.B) {
+	s := newTestService(b)
+	calls := countCalls(s)
+	spec := tokenSpec{kind: principal.User, subject: "0193a000-0000-7000-8000-0000000000cc",
+		tenant: "0193a000-0000-7000-8000-0000000000aa", session: "0193a000-0000-7000-8000-0000000000bb",
+		gen: 0, roles: []string{"viewer"}}
+	b.ReportAllocs()
+	db0, rds0 := calls.snapshot()
+	for b.Loop() {
+		if _, _, _, err := s.issue(spec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	calls.report(b, db0, rds0)
+}
+
+// BenchmarkLogin measures the password check at the configured argon2id
+// parameters and a whole successful Login (lockout check in Redis, user
+// lookup, password check, session and refresh-token rows, token issue).
+func BenchmarkLogin(b *testing.B) {
+	const password = "correct horse battery staple"
+
+	b.Run("argon2id_verify", func(b *testing.B) {
+		phc := hashPassword(password, defaultArgon)
+		b.ReportAllocs()
+		for b.Loop() {
+			ok, _, err := checkPassword(password, phc, defaultArgon)
+			if err != nil || !ok {
+				b.Fatalf("password check: ok=%v err=%v", ok, err)
+			}
+		}
+	})
+
+	b.Run("login", func(b *testing.B) {
+		s := newTestService(b)
+		u := testUser(b, s, "login@example.com", password)
+		calls := countCalls(s)
+		ctx := context.Background()
+		b.ReportAllocs()
+		db0, rds0 := calls.snapshot()
+		for b.Loop() {
+			res, err := s.Login(ctx, u.Email, password, "bench")
+			if err != nil {
+				b.Fatal(err)
+			}
+			if res.AccessToken == "" {
+				b.Fatal("no access token")
+			}
+		}
+		calls.report(b, db0, rds0)
+	})
+}
+
+// TestEdgeAuthMakesNoNetworkCalls checks the edge's promise: once a user's
+// permissions are cached, authenticating a request touches neither
+// PostgreSQL nor Redis. It first checks that the counters do count, so a
+// broken counter cannot make it pass.
+func TestEdgeAuthMakesNoNetworkCalls(t *testing.T) {
+	s := newTestService(t)
+	u := testUser(t, s, "edge@example.com", "correct horse battery staple")
+	calls := countCalls(s)
+
+	rds0 := calls.redis.Load()
+	if err := s.redis.Ping(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if calls.redis.Load() == rds0 {
+		t.Fatal("the Redis hook did not count a PING")
+	}
+
+	for _, tc := range []struct {
+		name string
+		spec tokenSpec
+		// warmDB is whether the first request loads permissions from
+		// PostgreSQL (users; terminals have fixed permissions).
+		warmDB bool
+	}{
+		{"user", tokenSpec{kind: principal.User, subject: u.ID, tenant: *u.TenantID,
+			session: "0193a000-0000-7000-8000-0000000000bb", roles: u.Roles}, true},
+		{"terminal", tokenSpec{kind: principal.Terminal, subject: "0193a000-0000-7000-8000-0000000000dd",
+			tenant: *u.TenantID, roles: []string{terminalRole}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			token, _, _, err := s.issue(tc.spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var seen atomic.Int64
+			h := edgeHandler(s, &seen)
+
+			db0, _ := calls.snapshot()
+			h.ServeHTTP(httptest.NewRecorder(), bearer(token))
+			db1, rds1 := calls.snapshot()
+			if tc.warmDB && db1 == db0 {
+				t.Fatal("the first request did not load permissions from PostgreSQL: the pool counter does not count")
+			}
+
+			const n = 100
+			for i := range n {
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, bearer(token))
+				if w.Code != http.StatusOK {
+					t.Fatalf("request %d: status %d", i, w.Code)
+				}
+			}
+			if got := seen.Load(); got != n+1 {
+				t.Fatalf("handler saw a principal in %d of %d requests", got, n+1)
+			}
+			db2, rds2 := calls.snapshot()
+			if db2 != db1 || rds2 != rds1 {
+				t.Errorf("%d authenticated requests made %d PostgreSQL acquisitions and %d Redis calls, want 0 and 0",
+					n, db2-db1, rds2-rds1)
+			}
+		})
+	}
+}
