@@ -75,11 +75,11 @@ func cmdAdmin(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		TenantID: *tenant, Roles: strings.Split(*role, ",")})
 	if err != nil {
 		e := errs.As(err)
-		if *ifNotExists && e.Code == errs.Invalid && len(e.Fields) == 1 && e.Fields[0].Field == "email" && strings.Contains(e.Message, "already") {
+		if *ifNotExists && e.Code == errs.Conflict {
 			fmt.Fprintf(stdout, "user %s already exists; nothing changed\n", *email)
 			return nil
 		}
-		if e.Code == errs.Invalid {
+		if e.Code == errs.Invalid || e.Code == errs.Conflict {
 			return usageError{e.Message}
 		}
 		return err

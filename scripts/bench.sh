@@ -16,6 +16,45 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 echo "== Go benchmarks (go test -bench) =="
 go test -run '^$' -bench . -benchmem -count 1 ./... 2>&1 | grep -E '^(Benchmark|ok|FAIL|---)' | grep -v 'no test files' | tee "$OUT/go.txt"
 
+# Auth figures from the lines above (modules/auth/bench_test.go): the edge's
+# token check as a ratio of a bare ed25519.Verify of the same token in the
+# same run, its network calls per request, and single-goroutine rates
+# (1e9 / ns/op) for issuing tokens and logging in.
+echo
+echo "== Auth (modules/auth benchmarks above; ratios against raw ed25519.Verify in the same run) =="
+awk '
+  /^Benchmark/ {
+    name = $1; sub(/-[0-9]+$/, "", name)
+    for (i = 3; i <= NF; i++) {
+      if ($i == "ns/op") { ns[name] += $(i-1); n[name]++ }
+      if ($i == "db_calls/op") db[name] += $(i-1)
+      if ($i == "redis_calls/op") rds[name] += $(i-1)
+    }
+  }
+  function avg(k) { return (k in n) ? ns[k] / n[k] : 0 }
+  function calls(k) { return (k in n) ? sprintf("%g db + %g redis", db[k] / n[k], rds[k] / n[k]) : "" }
+  function ratiorow(label, k) {
+    if (avg(k) == 0) { printf "%-40s %12s\n", label, "n/a"; return }
+    printf "%-40s %12.0f %8s %22s\n", label, avg(k), (raw > 0 ? sprintf("%.2f", avg(k) / raw) : "n/a"), calls(k)
+  }
+  function raterow(label, k, unit) {
+    if (avg(k) == 0) { printf "%-40s %12s\n", label, "n/a"; return }
+    printf "%-40s %12.0f %12.1f %s\n", label, avg(k), 1e9 / avg(k), unit
+  }
+  END {
+    raw = avg("BenchmarkEdgeAuth/raw_ed25519_verify")
+    printf "%-40s %12s %8s %22s\n", "case", "ns/op", "ratio", "network calls/op"
+    ratiorow("raw ed25519.Verify (baseline)", "BenchmarkEdgeAuth/raw_ed25519_verify")
+    ratiorow("jwx parse + verify (s.parse)", "BenchmarkEdgeAuth/jwx_parse_verify")
+    ratiorow("edge Authenticate middleware", "BenchmarkEdgeAuth/edge_authenticate")
+    print "target: edge Authenticate <= 1.30 x raw verify, 0 db + 0 redis calls per request"
+    printf "\n%-40s %12s %12s\n", "case (one goroutine)", "ns/op", "rate"
+    raterow("token issue (s.issue)", "BenchmarkTokenIssue", "tokens/s")
+    raterow("argon2id verify (default parameters)", "BenchmarkLogin/argon2id_verify", "checks/s")
+    raterow("login (s.Login, whole)", "BenchmarkLogin/login", "logins/s")
+  }
+' "$OUT/go.txt"
+
 echo
 echo "== HTTP load: GET /healthz, wrk -t1 -c$CONNS -d$DURATION, $ROUNDS alternating rounds =="
 go build -o "$OUT/bare" ./scripts/bareserver

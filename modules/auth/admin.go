@@ -84,7 +84,8 @@ func (s *Service) createUser(ctx context.Context, in NewUser) (*User, error) {
 		_, err := tx.Exec(ctx, `INSERT INTO users (id, tenant_id, email, display_name, password_hash, created_at, updated_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $6)`, u.ID, u.TenantID, u.Email, u.DisplayName, hash, now)
 		if isUnique(err) {
-			return errs.Field("email", "is already registered")
+			return &errs.Error{Code: errs.Conflict, Message: "email: is already registered",
+				Fields: []errs.FieldError{{Field: "email", Message: "is already registered"}}}
 		}
 		if err != nil {
 			return err

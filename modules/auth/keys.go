@@ -146,6 +146,7 @@ func (k *keys) reloadForUnknownKID(ctx context.Context) bool {
 // advisory lock, so concurrent callers never create two current keys.
 func (k *keys) ensure(ctx context.Context, force bool) (changed bool, err error) {
 	now := k.s.now()
+	rotated := false
 	err = k.s.tx.Do(ctx, "auth.keys.ensure", func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", keysLockID); err != nil {
 			return err
@@ -181,16 +182,19 @@ func (k *keys) ensure(ctx context.Context, force bool) (changed bool, err error)
 					return err
 				}
 			}
-			for _, q := range []string{
-				`UPDATE signing_keys SET state = 'retired', retired_at = $1 WHERE state = 'previous'`,
-				`UPDATE signing_keys SET state = 'previous' WHERE state = 'current'`,
-				`UPDATE signing_keys SET state = 'current', activated_at = $1 WHERE state = 'next'`,
+			for _, u := range []struct {
+				q    string
+				args []any
+			}{
+				{`UPDATE signing_keys SET state = 'retired', retired_at = $1 WHERE state = 'previous'`, []any{now}},
+				{`UPDATE signing_keys SET state = 'previous' WHERE state = 'current'`, nil},
+				{`UPDATE signing_keys SET state = 'current', activated_at = $1 WHERE state = 'next'`, []any{now}},
 			} {
-				if _, err := tx.Exec(ctx, q, now); err != nil {
+				if _, err := tx.Exec(ctx, u.q, u.args...); err != nil {
 					return err
 				}
 			}
-			changed, next = true, ""
+			changed, rotated, next = true, true, ""
 		}
 		if next == "" {
 			if _, err := k.insert(ctx, tx, stateNext, now); err != nil {
@@ -198,8 +202,12 @@ func (k *keys) ensure(ctx context.Context, force bool) (changed bool, err error)
 			}
 			changed = true
 		}
-		if changed && force {
-			return audit(ctx, tx, now, "", actorOf(ctx), "auth.keys.rotate", "", nil)
+		if rotated {
+			reason := "schedule"
+			if force {
+				reason = "manual"
+			}
+			return audit(ctx, tx, now, "", actorOf(ctx), "auth.keys.rotate", "", map[string]any{"reason": reason})
 		}
 		return nil
 	})

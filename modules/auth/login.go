@@ -18,10 +18,13 @@ import (
 	"github.com/atriumhq/atrium/platform/principal"
 )
 
-// Login protection: failures are counted per account (the email as typed,
+// Login protection: attempts are counted per account (the email as typed,
 // whether or not it exists, so lockout reveals nothing) and per client IP,
-// in Redis, atomically. Past the threshold each further failure locks the
-// key for twice as long as the last, up to maxLockout.
+// in Redis. Each attempt is checked against the locks and counted in one
+// script before its password is checked, so parallel attempts cannot outrun
+// the count; a successful sign-in takes its attempt back. From the threshold
+// on, each attempt locks the key for twice as long as the last, up to
+// maxLockout.
 const (
 	accountThreshold = 5
 	ipThreshold      = 50
@@ -31,16 +34,35 @@ const (
 	refreshGrace     = 5 * time.Second
 )
 
-// failScript counts a failure on KEYS[1] and, past ARGV[1] failures, locks
-// KEYS[2] for base*2^(n-threshold) ms, capped. Returns the lock in ms, or 0.
-var failScript = redis.NewScript(`
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
-local over = n - tonumber(ARGV[1])
-if over < 0 then return 0 end
-local ms = math.min(tonumber(ARGV[2]) * (2 ^ over), tonumber(ARGV[3]))
-redis.call('SET', KEYS[2], '1', 'PX', math.floor(ms))
-return math.floor(ms)
+// admitScript admits one attempt for an account (count KEYS[1], lock
+// KEYS[2]) and a client IP (KEYS[3], KEYS[4]). While either is locked it
+// counts nothing and returns {the longest remaining lock in ms, 0}.
+// Otherwise it counts the attempt on both (counts expire after ARGV[5] ms)
+// and, from each threshold on (ARGV[1] account, ARGV[2] IP), locks further
+// attempts for base*2^(n-threshold) ms (ARGV[3]), capped at ARGV[4]; it
+// returns {0, the account lock it set in ms or 0}.
+var admitScript = redis.NewScript(`
+local wait = math.max(redis.call('PTTL', KEYS[2]), redis.call('PTTL', KEYS[4]))
+if wait > 0 then return {wait, 0} end
+local set = {0, 0}
+for i = 1, 2 do
+  local n = redis.call('INCR', KEYS[2*i-1])
+  if n == 1 then redis.call('PEXPIRE', KEYS[2*i-1], ARGV[5]) end
+  local over = n - tonumber(ARGV[i])
+  if over >= 0 then
+    set[i] = math.floor(math.min(tonumber(ARGV[3]) * (2 ^ over), tonumber(ARGV[4])))
+    redis.call('SET', KEYS[2*i], '1', 'PX', set[i])
+  end
+end
+return {0, set[1]}
+`)
+
+// forgiveScript takes a successful attempt back: the account's count
+// (KEYS[1]) and lock (KEYS[2]) go, the IP's count (KEYS[3]) drops by one.
+var forgiveScript = redis.NewScript(`
+redis.call('DEL', KEYS[1], KEYS[2])
+if redis.call('GET', KEYS[3]) then redis.call('DECR', KEYS[3]) end
+return 0
 `)
 
 func (s *Service) lockKeys(kind, who string) (count, lock string) {
@@ -49,38 +71,28 @@ func (s *Service) lockKeys(kind, who string) (count, lock string) {
 	return s.redis.Key("login", kind, id, "n"), s.redis.Key("login", kind, id, "lock")
 }
 
-// lockedFor returns how long login is locked for this account or IP.
-func (s *Service) lockedFor(ctx context.Context, email, ip string) time.Duration {
-	_, acct := s.lockKeys("acct", email)
-	_, addr := s.lockKeys("ip", ip)
-	var longest time.Duration
-	for _, k := range []string{acct, addr} {
-		d, err := s.redis.PTTL(ctx, k).Result()
-		if err != nil {
-			// Redis down: fail open, relying on argon2's cost; logged.
-			s.log.Warn().Ctx(ctx).Err(err).Msg("login lockout check unavailable")
-			return 0
-		}
-		longest = max(longest, d)
+// admit counts a sign-in attempt for the account and the client IP. It
+// returns how long sign-in is locked for either (the attempt is then not
+// counted), and the account lock this attempt started, if any. With Redis
+// down it fails open, relying on argon2's cost; logged.
+func (s *Service) admit(ctx context.Context, email, ip string) (wait, locked time.Duration) {
+	acctN, acctL := s.lockKeys("acct", email)
+	ipN, ipL := s.lockKeys("ip", ip)
+	r, err := admitScript.Run(ctx, s.redis, []string{acctN, acctL, ipN, ipL}, accountThreshold, ipThreshold,
+		baseLockout.Milliseconds(), maxLockout.Milliseconds(), failureWindow.Milliseconds()).Int64Slice()
+	if err != nil || len(r) != 2 {
+		s.log.Warn().Ctx(ctx).Err(err).Msg("login lockout check unavailable")
+		return 0, 0
 	}
-	return longest
+	return time.Duration(r[0]) * time.Millisecond, time.Duration(r[1]) * time.Millisecond
 }
 
-func (s *Service) recordFailure(ctx context.Context, email, ip string) {
-	for _, c := range []struct {
-		kind, who string
-		threshold int
-	}{{"acct", email, accountThreshold}, {"ip", ip, ipThreshold}} {
-		n, l := s.lockKeys(c.kind, c.who)
-		ms, err := failScript.Run(ctx, s.redis, []string{n, l}, c.threshold, baseLockout.Milliseconds(),
-			maxLockout.Milliseconds(), failureWindow.Milliseconds()).Int64()
-		if err != nil {
-			s.log.Warn().Ctx(ctx).Err(err).Msg("login failure not counted")
-			continue
-		}
-		if ms > 0 && c.kind == "acct" {
-			s.auditNoTx(ctx, "", "anonymous", "auth.lockout", "email:"+strings.ToLower(email), map[string]any{"lock_ms": ms})
-		}
+// forgive takes a successful sign-in's attempt back.
+func (s *Service) forgive(ctx context.Context, email, ip string) {
+	acctN, acctL := s.lockKeys("acct", email)
+	ipN, _ := s.lockKeys("ip", ip)
+	if err := forgiveScript.Run(ctx, s.redis, []string{acctN, acctL, ipN}).Err(); err != nil {
+		s.log.Warn().Ctx(ctx).Err(err).Msg("login attempt count not reset")
 	}
 }
 
@@ -120,8 +132,9 @@ var errBadCredentials = errs.E(errs.Unauthenticated, "email or password is incor
 func (s *Service) Login(ctx context.Context, email, password, userAgent string) (*LoginResult, error) {
 	email = strings.TrimSpace(email)
 	ip := httpx.ClientIP(ctx)
-	if d := s.lockedFor(ctx, email, ip); d > 0 {
-		secs := int(d.Round(time.Second) / time.Second)
+	wait, locked := s.admit(ctx, email, ip)
+	if wait > 0 {
+		secs := int(wait.Round(time.Second) / time.Second)
 		return nil, &errs.Error{Code: errs.QuotaExceeded, Message: "too many failed sign-in attempts; try again later",
 			Extra: map[string]any{"retry_after_seconds": max(secs, 1)}}
 	}
@@ -141,7 +154,9 @@ func (s *Service) Login(ctx context.Context, email, password, userAgent string) 
 		return nil, err
 	}
 	if !found || !ok || u.Status != "active" {
-		s.recordFailure(ctx, email, ip)
+		if locked > 0 {
+			s.auditNoTx(ctx, "", "anonymous", "auth.lockout", "email:"+strings.ToLower(email), map[string]any{"lock_ms": locked.Milliseconds()})
+		}
 		actor := "anonymous"
 		if found {
 			actor = "user:" + u.ID
@@ -149,8 +164,7 @@ func (s *Service) Login(ctx context.Context, email, password, userAgent string) 
 		s.auditNoTx(ctx, deref(u.TenantID), actor, "auth.login.failure", "email:"+strings.ToLower(email), nil)
 		return nil, errBadCredentials
 	}
-	n, _ := s.lockKeys("acct", email)
-	s.redis.Del(ctx, n)
+	s.forgive(ctx, email, ip)
 	if rehash {
 		if _, err := s.pool.Exec(ctx, `UPDATE users SET password_hash = $2 WHERE id = $1`, u.ID, hashPassword(password, s.argon)); err != nil {
 			s.log.Warn().Ctx(ctx).Err(err).Msg("password rehash failed")
@@ -249,16 +263,16 @@ func (s *Service) Refresh(ctx context.Context, token string) (*TokenResponse, er
 			return nil
 		}
 		if usedAt != nil {
-			// Grace: the presented token's child is the newest token of the
-			// session and unused, and the retry comes within seconds.
+			// Grace: the presented token has an unused child, which is then
+			// the newest token of the session (earlier retries left used
+			// siblings; created_at, read before the row lock, does not order
+			// concurrent retries), and the retry comes within seconds.
 			var child []byte
-			var childUsed *time.Time
-			err := tx.QueryRow(ctx, `SELECT hash, used_at FROM refresh_tokens WHERE parent = $1
-				ORDER BY created_at DESC LIMIT 1`, hash).Scan(&child, &childUsed)
+			err := tx.QueryRow(ctx, `SELECT hash FROM refresh_tokens WHERE parent = $1 AND used_at IS NULL`, hash).Scan(&child)
 			if err != nil && !postgres.IsNoRows(err) {
 				return err
 			}
-			if child == nil || childUsed != nil || now.Sub(*usedAt) > refreshGrace {
+			if child == nil || now.Sub(*usedAt) > refreshGrace {
 				reused = true
 				_, err := tx.Exec(ctx, `UPDATE sessions SET revoked_at = $2, revoke_reason = 'refresh token reuse' WHERE id = $1`, sid, now)
 				if err == nil {
@@ -348,8 +362,11 @@ func (s *Service) Logout(ctx context.Context) error {
 // hold ("log out everywhere").
 func (s *Service) LogoutAll(ctx context.Context) error {
 	p := principal.From(ctx)
-	if p == nil || p.Kind != principal.User {
+	if p == nil {
 		return errs.E(errs.Unauthenticated, "authentication required")
+	}
+	if p.Kind != principal.User {
+		return errs.E(errs.Forbidden, "only users have sessions to end; disable a terminal instead")
 	}
 	return s.revokeUser(ctx, p.ID, "logout everywhere", "auth.logout_all", "")
 }
@@ -482,6 +499,6 @@ func (s *Service) Introspect(ctx context.Context, token string) Introspection {
 	}
 	c, _ := s.parse(ctx, token)
 	return Introspection{Active: true, Scope: strings.Join(p.Permissions, " "), ClientID: c.subject, TokenType: "Bearer",
-		Exp: c.exp.Unix(), Sub: c.subject, Aud: s.cfg.Audience, Iss: s.cfg.Issuer, Jti: c.jti, Tenant: c.tenant,
+		Exp: c.exp.Unix(), Iat: c.iat.Unix(), Sub: c.subject, Aud: s.cfg.Audience, Iss: s.cfg.Issuer, Jti: c.jti, Tenant: c.tenant,
 		Kind: string(c.kind), Roles: p.Roles}
 }

@@ -90,7 +90,8 @@ func (s *Service) CreateRole(ctx context.Context, in NewRole) (*Role, error) {
 			return err
 		}
 		if clash {
-			return errs.Field("name", "a role named %s already exists", in.Name)
+			return &errs.Error{Code: errs.Conflict, Message: "name: a role named " + in.Name + " already exists",
+				Fields: []errs.FieldError{{Field: "name", Message: "already exists"}}}
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO roles (id, tenant_id, name, description, permissions) VALUES ($1, $2, $3, $4, $5)`,
 			r.ID, in.TenantID, r.Name, r.Description, perms); err != nil {

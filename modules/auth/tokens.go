@@ -85,7 +85,7 @@ type claims struct {
 	subject, tenant, session, jti string
 	gen                           int64
 	roles                         []string
-	exp                           time.Time
+	iat, exp                      time.Time
 }
 
 var errBadToken = errs.E(errs.Unauthenticated, "the access token is invalid, expired or revoked")
@@ -114,6 +114,7 @@ func (s *Service) parse(ctx context.Context, raw string) (*claims, error) {
 	c.subject, _ = t.Subject()
 	c.jti, _ = t.JwtID()
 	c.exp, _ = t.Expiration()
+	c.iat, _ = t.IssuedAt()
 	if t.Get("kind", &kind) != nil || t.Get("tenant", &c.tenant) != nil {
 		return nil, errBadToken
 	}
@@ -175,11 +176,14 @@ func (s *Service) Authenticate(onErr func(http.ResponseWriter, *http.Request, er
 }
 
 // credentials returns the bearer token of the request, or the UI cookie.
+// Another Authorization scheme is not ours to judge: the token endpoint
+// reads HTTP Basic client credentials itself, and elsewhere the request is
+// anonymous, which routes that need a principal refuse.
 func credentials(r *http.Request) (token string, fromCookie bool) {
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, tok, _ := strings.Cut(h, " ")
 		if !strings.EqualFold(scheme, "Bearer") {
-			return "\x00invalid", false // a non-bearer scheme is a bad credential, not none
+			return "", false
 		}
 		return strings.TrimSpace(tok), false
 	}
