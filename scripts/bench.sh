@@ -45,7 +45,7 @@ awk '
     raw = avg("BenchmarkEdgeAuth/raw_ed25519_verify")
     printf "%-40s %12s %8s %22s\n", "case", "ns/op", "ratio", "network calls/op"
     ratiorow("raw ed25519.Verify (baseline)", "BenchmarkEdgeAuth/raw_ed25519_verify")
-    ratiorow("jwx parse + verify (s.parse)", "BenchmarkEdgeAuth/jwx_parse_verify")
+    ratiorow("token parse + verify (s.parse)", "BenchmarkEdgeAuth/parse_verify")
     ratiorow("edge Authenticate middleware", "BenchmarkEdgeAuth/edge_authenticate")
     print "target: edge Authenticate <= 1.30 x raw verify, 0 db + 0 redis calls per request"
     printf "\n%-40s %12s %12s\n", "case (one goroutine)", "ns/op", "rate"

@@ -181,7 +181,7 @@ func BenchmarkEdgeAuth(b *testing.B) {
 		calls.report(b, db0, rds0)
 	})
 
-	b.Run("jwx_parse_verify", func(b *testing.B) {
+	b.Run("parse_verify", func(b *testing.B) {
 		b.ReportAllocs()
 		db0, rds0 := calls.snapshot()
 		for b.Loop() {

@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwk"
-	"github.com/lestrrat-go/jwx/v3/jws"
 
 	"github.com/atriumhq/atrium/platform/keyring"
 )
@@ -230,33 +229,16 @@ func (k *keys) insert(ctx context.Context, tx pgx.Tx, state string, now time.Tim
 	return kid, err
 }
 
-// provider is the jws.KeyProvider for access tokens: it accepts only our
-// token type and our algorithm, finds the key by kid among the published
-// keys (reloading at most once per minReloadInterval for an unknown kid),
-// and never looks at jku, x5u, jwk or other key-carrying headers.
-type provider struct{ k *keys }
-
-var errTokenType = errors.New("token type is not at+jwt")
-
-func (p provider) FetchKeys(ctx context.Context, sink jws.KeySink, sig *jws.Signature, _ *jws.Message) error {
-	h := sig.ProtectedHeaders()
-	if typ, _ := h.Type(); typ != "at+jwt" {
-		return errTokenType
+// lookup returns the published public key kid, reloading the keys (at
+// most once per minReloadInterval) when kid is unknown, so an instance
+// that missed a rotation broadcast still catches up.
+func (k *keys) lookup(ctx context.Context, kid string) (ed25519.PublicKey, bool) {
+	if key, ok := k.set.Load().verify[kid]; ok {
+		return key, true
 	}
-	if alg, _ := h.Algorithm(); alg != jwa.EdDSA() {
-		return errors.New("algorithm is not EdDSA")
+	if !k.reloadForUnknownKID(ctx) {
+		return nil, false
 	}
-	kid, ok := h.KeyID()
-	if !ok || kid == "" {
-		return errors.New("no kid")
-	}
-	key, ok := p.k.set.Load().verify[kid]
-	if !ok && p.k.reloadForUnknownKID(ctx) {
-		key, ok = p.k.set.Load().verify[kid]
-	}
-	if !ok {
-		return errors.New("unknown kid")
-	}
-	sink.Key(jwa.EdDSA(), key)
-	return nil
+	key, ok := k.set.Load().verify[kid]
+	return key, ok
 }
