@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,7 +74,7 @@ func browser(t *testing.T) (ctx context.Context, problems func() []string) {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			if png, err := chromedp.Run(ctx, chromedp.FullScreenshot(90)); err == nil {
+			if png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)); err == nil {
 				dir := filepath.Join("testdata", "screenshots")
 				_ = os.MkdirAll(dir, 0o755)
 				name := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+".png")
@@ -91,12 +94,45 @@ func browser(t *testing.T) (ctx context.Context, problems func() []string) {
 	}
 }
 
+// fillSignIn fills in and submits the sign-in form the browser is showing.
+func fillSignIn(email, password string) chromedp.Action[chromedp.Void] {
+	return chromedp.Steps(
+		chromedp.WaitVisible(chromedp.CSS(`#login-form input[name="email"]`)),
+		chromedp.SendKeys(chromedp.CSS(`#login-form input[name="email"]`), email),
+		chromedp.SendKeys(chromedp.CSS(`#login-form input[name="password"]`), password),
+		chromedp.Click(chromedp.CSS(`#login-form button[type="submit"]`)),
+	)
+}
+
+// location is the path and query of the page the browser shows.
+func location(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	loc, err := chromedp.Run(ctx, chromedp.Location())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.RequestURI()
+}
+
 func TestBrowserClusterOverviewIsLive(t *testing.T) {
 	c := startCluster(t, 2)
+	loginAdmin(t, c[0])
 	ctx, problems := browser(t)
 
+	// The overview needs a signed-in user: the browser goes to sign in and
+	// comes back.
+	if err := chromedp.Do(ctx, chromedp.Navigate(c[0].URL+"/"), chromedp.WaitVisible(chromedp.CSS(`#login-form`))); err != nil {
+		t.Fatalf("sign-in page: %v", err)
+	}
+	if loc := location(t, ctx); loc != "/ui/login?next=%2Fui%2Foverview" {
+		t.Fatalf("anonymous visit landed on %s", loc)
+	}
 	err := chromedp.Do(ctx,
-		chromedp.Navigate(c[0].URL+"/"),
+		fillSignIn("admin@atrium.test", adminPassword),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-instance="test-1"]`)),
 	)
 	if err != nil {
@@ -126,6 +162,133 @@ func TestBrowserClusterOverviewIsLive(t *testing.T) {
 	count, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`[data-testid="instance-count"]`)))
 	if err != nil || count != "1" {
 		t.Fatalf("instance count %q after stopping test-1: %v", count, err)
+	}
+	if p := problems(); len(p) > 0 {
+		t.Fatalf("browser reported errors (CSP violations show here): %v", p)
+	}
+}
+
+// TestBrowserAuthFlows walks the auth admin pages as an administrator
+// would: sign in, register a terminal (its secret shown once), revoke
+// another session, sign out.
+func TestBrowserAuthFlows(t *testing.T) {
+	in := startCluster(t, 1)[0]
+	loginAdmin(t, in)
+	ctx, problems := browser(t)
+	text := func(sel string) string {
+		t.Helper()
+		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+		if err != nil {
+			t.Fatalf("text of %s: %v", sel, err)
+		}
+		return strings.TrimSpace(s)
+	}
+
+	// Sign in and see the dashboard, with who is signed in.
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(in.URL+"/ui/login"),
+		fillSignIn("admin@atrium.test", adminPassword),
+		chromedp.WaitVisible(chromedp.CSS(`[data-testid="instance-count"]`)),
+	)
+	if err != nil {
+		t.Fatalf("sign in: %v", err)
+	}
+	if me := text(`[data-testid="me"]`); me != "admin@atrium.test" {
+		t.Fatalf("top bar shows %q", me)
+	}
+
+	// Register a terminal: the secret is shown once, and it works.
+	err = chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(`nav a[href="/ui/terminals"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#create-terminal`)),
+		chromedp.SendKeys(chromedp.CSS(`#create-terminal input[name="merchant_ref"]`), "shop-42"),
+		chromedp.SendKeys(chromedp.CSS(`#create-terminal input[name="name"]`), "Front till"),
+		chromedp.SendKeys(chromedp.CSS(`#create-terminal input[name="tenant_id"]`), "0193a000-0000-7000-8000-0000000000aa"),
+		chromedp.Click(chromedp.CSS(`#create-terminal button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`[data-testid="client-secret"]`)),
+	)
+	if err != nil {
+		t.Fatalf("register terminal: %v", err)
+	}
+	id, secret := text(`[data-testid="client-id"]`), text(`[data-testid="client-secret"]`)
+	if len(secret) < 40 {
+		t.Fatalf("client secret %q", secret)
+	}
+	resp, body := postForm(t, in.URL+"/oauth2/token", url.Values{"grant_type": {"client_credentials"}, "client_id": {id}, "client_secret": {secret}}, nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the shown secret does not work: %d %s", resp.StatusCode, body)
+	}
+	err = chromedp.Do(ctx,
+		chromedp.Reload(),
+		chromedp.WaitVisible(chromedp.CSS(`[data-testid="secret-hidden"]`)),
+	)
+	if err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	page, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.documentElement.outerHTML`))
+	if err != nil || strings.Contains(page, secret) {
+		t.Fatalf("the secret is shown again after a reload (%v)", err)
+	}
+	err = chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(`a.crumb`)),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-terminal="`+id+`"]`)),
+	)
+	if err != nil {
+		t.Fatalf("terminal list: %v", err)
+	}
+	if seen := text(`tr[data-terminal="` + id + `"] [data-testid="last-seen"]`); !strings.HasSuffix(seen, "ago") {
+		t.Fatalf("last seen %q after the terminal got a token", seen)
+	}
+
+	// A second session of the same user, signed in over the API.
+	other := loginAdmin(t, in)
+	var me struct {
+		SessionID string `json:"session_id"`
+	}
+	if resp, body := call(t, http.MethodGet, in.URL+"/api/v1/me", nil, bearer(other)); resp.StatusCode != http.StatusOK ||
+		json.Unmarshal(body, &me) != nil || me.SessionID == "" {
+		t.Fatalf("me: %d %s", resp.StatusCode, body)
+	}
+	row := `tr[data-session="` + me.SessionID + `"]`
+	err = chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(`a[href="/ui/sessions"]`)),
+		chromedp.WaitVisible(chromedp.CSS(row+` button[type="submit"]`)),
+	)
+	if err != nil {
+		t.Fatalf("my sessions: %v", err)
+	}
+	if state := text(row + ` [data-testid="state"]`); state != "active" {
+		t.Fatalf("the other session is %q before revoking", state)
+	}
+	if n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("tr[data-session] .self").length`)); err != nil || n != 1 {
+		t.Fatalf("%d sessions marked as this one (%v)", n, err)
+	}
+	err = chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(row+` button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`[data-testid="flash"]`)),
+	)
+	if err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	if state := text(row + ` [data-testid="state"]`); state != "revoked" {
+		t.Fatalf("the other session is %q after revoking", state)
+	}
+	if resp, _ := call(t, http.MethodGet, in.URL+"/api/v1/me", nil, bearer(other)); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("the revoked session's token still works: %d", resp.StatusCode)
+	}
+
+	// Sign out: the UI asks to sign in again.
+	err = chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(`[data-testid="sign-out"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#login-form`)),
+		chromedp.Navigate(in.URL+"/ui/overview"),
+		chromedp.WaitVisible(chromedp.CSS(`#login-form`)),
+	)
+	if err != nil {
+		t.Fatalf("sign out: %v", err)
+	}
+	if loc := location(t, ctx); loc != "/ui/login?next=%2Fui%2Foverview" {
+		t.Fatalf("after signing out /ui/overview shows %s", loc)
 	}
 	if p := problems(); len(p) > 0 {
 		t.Fatalf("browser reported errors (CSP violations show here): %v", p)

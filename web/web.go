@@ -3,6 +3,13 @@
 // the binary under content-hashed URLs. `go build` alone produces the whole
 // UI; there is no JavaScript build step. No page uses inline script or
 // style, so the strict Content-Security-Policy of platform/httpx holds.
+//
+// Invariants: every page under /ui/ except the sign-in page needs a signed-in
+// user (an expired access cookie is renewed from the refresh cookie, anything
+// else goes to /ui/login?next=...); every form post carries the CSRF token,
+// which is checked before anything else happens; what a page shows and does
+// is decided by the auth service's own permission checks, and a refusal is
+// a 403 page, never a 500; a terminal's client secret is shown once.
 package web
 
 import (
@@ -22,7 +29,9 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/rs/zerolog"
 
+	"github.com/atriumhq/atrium/modules/auth"
 	"github.com/atriumhq/atrium/platform/cluster"
+	"github.com/atriumhq/atrium/platform/principal"
 )
 
 //go:embed templates/*.html
@@ -38,7 +47,10 @@ type ClusterLister interface {
 
 // Deps are what the UI needs.
 type Deps struct {
-	Cluster    ClusterLister
+	Cluster ClusterLister
+	// Auth signs people in and serves what the access pages show; its own
+	// permission checks decide what each user may see and do.
+	Auth       *auth.Service
 	Log        zerolog.Logger
 	Version    string
 	InstanceID string
@@ -56,8 +68,8 @@ type UI struct {
 
 // New parses the templates and fingerprints the static assets.
 func New(d Deps) (*UI, error) {
-	if d.Cluster == nil {
-		return nil, fmt.Errorf("web: Cluster is required")
+	if d.Cluster == nil || d.Auth == nil {
+		return nil, fmt.Errorf("web: Cluster and Auth are required")
 	}
 	if d.Now == nil {
 		d.Now = time.Now
@@ -71,12 +83,20 @@ func New(d Deps) (*UI, error) {
 		"uptime": func(start, now time.Time) string { return humanDuration(now.Sub(start)) },
 		"ago":    func(t, now time.Time) string { return humanDuration(now.Sub(t)) + " ago" },
 		"check":  checkPill,
+		"when":   func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") },
+		"short":  shortID,
+		"initial": func(s string) string {
+			for _, r := range s {
+				return strings.ToUpper(string(r))
+			}
+			return "?"
+		},
 	}
 	layout, err := template.New("layout").Funcs(funcs).ParseFS(templateFS, "templates/layout.html")
 	if err != nil {
 		return nil, fmt.Errorf("web: %w", err)
 	}
-	for _, page := range []string{"overview"} {
+	for _, page := range []string{"overview", "login", "error", "users", "user", "sessions", "terminals", "terminal", "settings", "audit"} {
 		t, err := template.Must(layout.Clone()).ParseFS(templateFS, "templates/"+page+".html")
 		if err != nil {
 			return nil, fmt.Errorf("web: %s: %w", page, err)
@@ -115,12 +135,37 @@ func (u *UI) asset(name string) (string, error) {
 }
 
 // Routes returns the UI's handler: pages, live fragments and static files.
+// Every form post must carry the CSRF token; every page but the sign-in
+// page needs a signed-in user.
 func (u *UI) Routes() http.Handler {
 	r := chi.NewRouter()
-	r.Get("/", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/ui/overview", http.StatusFound) })
-	r.Get("/ui/overview", u.overview)
-	r.Get("/ui/overview/live", u.overviewLive)
+	r.Use(u.csrf)
 	r.Get("/static/*", u.static)
+	r.Get("/", u.home)
+	r.Get("/ui/login", u.loginPage)
+	r.Post("/ui/login", u.login)
+	r.Post("/ui/logout", u.logout)
+	r.Group(func(r chi.Router) {
+		r.Use(u.requireUser)
+		r.Get("/ui/overview", u.overview)
+		r.Get("/ui/overview/live", u.overviewLive)
+		r.Get("/ui/users", u.users)
+		r.Post("/ui/users", u.createUser)
+		r.Get("/ui/users/{id}", u.user)
+		r.Post("/ui/users/{id}/status", u.setUserStatus)
+		r.Post("/ui/users/{id}/password", u.resetPassword)
+		r.Post("/ui/users/{id}/roles", u.setUserRoles)
+		r.Get("/ui/users/{id}/sessions", u.userSessions)
+		r.Get("/ui/sessions", u.mySessions)
+		r.Post("/ui/sessions/{id}/revoke", u.revokeSession)
+		r.Get("/ui/terminals", u.terminals)
+		r.Post("/ui/terminals", u.createTerminal)
+		r.Get("/ui/terminals/{id}", u.terminal)
+		r.Post("/ui/terminals/{id}/status", u.setTerminalStatus)
+		r.Get("/ui/settings", u.settings)
+		r.Post("/ui/settings/keys/rotate", u.rotateKeys)
+		r.Get("/ui/audit", u.audit)
+	})
 	return r
 }
 
@@ -134,36 +179,16 @@ func (u *UI) static(w http.ResponseWriter, r *http.Request) {
 	http.ServeFileFS(w, r, staticFS, p)
 }
 
-type navItem struct {
-	Label, Href string
-	Active      bool
-}
-
-// nav lists the places of the UI; modules still to come show as disabled.
-func nav(active string) []navItem {
-	items := []navItem{
-		{Label: "Overview", Href: "/ui/overview"},
-		{Label: "Payments"}, {Label: "Tenants"}, {Label: "Quotas"}, {Label: "GPUs"},
-		{Label: "Deployments"}, {Label: "Users"}, {Label: "Settings"},
-	}
-	for i := range items {
-		items[i].Active = items[i].Label == active
-	}
-	return items
-}
-
 type overviewData struct {
-	Title, Version, InstanceID, Env string
-	Nav                             []navItem
-	Now                             time.Time
-	Instances                       []cluster.Instance
-	Healthy, Versions               int
-	Error                           string
+	page
+	Now               time.Time
+	Instances         []cluster.Instance
+	Healthy, Versions int
+	Error             string
 }
 
 func (u *UI) overviewData(ctx context.Context) overviewData {
-	d := overviewData{Title: "Cluster overview", Version: u.d.Version, InstanceID: u.d.InstanceID, Env: u.d.Env,
-		Nav: nav("Overview"), Now: u.d.Now().UTC()}
+	d := overviewData{page: page{InstanceID: u.d.InstanceID}, Now: u.d.Now().UTC()}
 	inst, err := u.d.Cluster.List(ctx)
 	if err != nil {
 		u.d.Log.Warn().Ctx(ctx).Err(err).Msg("cluster list failed")
@@ -181,17 +206,29 @@ func (u *UI) overviewData(ctx context.Context) overviewData {
 	return d
 }
 
+// overview is the cluster overview; it shows what GET
+// /api/v1/cluster/instances shows, so it needs the same permission.
 func (u *UI) overview(w http.ResponseWriter, r *http.Request) {
-	u.render(w, r, "overview", "layout", u.overviewData(r.Context()))
+	if err := principal.Check(r.Context(), "cluster:read"); err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	d := u.overviewData(r.Context())
+	d.page = u.page(w, r, "Cluster overview", "Overview")
+	u.render(w, r, http.StatusOK, "overview", "layout", d)
 }
 
 func (u *UI) overviewLive(w http.ResponseWriter, r *http.Request) {
-	u.render(w, r, "overview", "overview-live", u.overviewData(r.Context()))
+	if err := principal.Check(r.Context(), "cluster:read"); err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	u.render(w, r, http.StatusOK, "overview", "overview-live", u.overviewData(r.Context()))
 }
 
 // render executes into a buffer first, so a template error becomes a clean
 // 500 instead of half a page.
-func (u *UI) render(w http.ResponseWriter, r *http.Request, page, name string, data any) {
+func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, page, name string, data any) {
 	var buf bytes.Buffer
 	if err := u.pages[page].ExecuteTemplate(&buf, name, data); err != nil {
 		u.d.Log.Error().Ctx(r.Context()).Err(err).Str("page", page).Msg("render failed")
@@ -200,6 +237,7 @@ func (u *UI) render(w http.ResponseWriter, r *http.Request, page, name string, d
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
 	_, _ = buf.WriteTo(w)
 }
 
@@ -213,6 +251,14 @@ func checkPill(checks map[string]string, name string) template.HTML {
 	default:
 		return template.HTML(`<span class="pill bad" title="` + template.HTMLEscapeString(v) + `">down</span>`)
 	}
+}
+
+// shortID is the first block of a UUID, enough to tell rows apart.
+func shortID(id string) string {
+	if i := strings.IndexByte(id, '-'); i > 0 {
+		return id[:i]
+	}
+	return id
 }
 
 func humanDuration(d time.Duration) string {

@@ -93,3 +93,23 @@ func checkCSRF(r *http.Request) bool {
 func safeMethod(m string) bool {
 	return m == http.MethodGet || m == http.MethodHead || m == http.MethodOptions
 }
+
+// CheckCSRF reports whether an unsafe request carries the CSRF cookie's
+// value in its form field or header. The admin UI checks it on every form
+// post, the sign-in form included, which has no session cookie yet.
+func CheckCSRF(r *http.Request) bool { return checkCSRF(r) }
+
+// SecureCookies reports whether the UI's cookies are marked Secure (every
+// environment but development), so the UI's own cookies match.
+func (s *Service) SecureCookies() bool { return s.sec }
+
+// RevokeRefreshCookie ends the UI session whose refresh cookie r carries,
+// for a sign-out whose access cookie has already expired. Without a refresh
+// cookie it does nothing.
+func (s *Service) RevokeRefreshCookie(r *http.Request) error {
+	c, err := r.Cookie(refreshCookie)
+	if err != nil || c.Value == "" {
+		return nil
+	}
+	return s.RevokeToken(r.Context(), c.Value)
+}
