@@ -141,10 +141,18 @@ func (u *UI) requireUser(next http.Handler) http.Handler {
 	reauth := u.d.Auth.Authenticate(u.fail)(http.HandlerFunc(admit))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if principal.From(r.Context()) == nil {
-			if tok := u.d.Auth.RefreshFromCookie(w, r); tok != "" {
+			tok, retry := u.d.Auth.RefreshFromCookie(w, r)
+			if tok != "" {
 				r = r.Clone(r.Context())
 				r.Header.Set("Authorization", "Bearer "+tok)
 				reauth.ServeHTTP(w, r)
+				return
+			}
+			if retry && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+				// A concurrent request renewed the session: ask again,
+				// with the cookies that request is setting.
+				w.Header().Set("Retry-After", "1")
+				http.Redirect(w, r, r.URL.RequestURI(), http.StatusSeeOther)
 				return
 			}
 		}
@@ -207,7 +215,11 @@ type loginData struct {
 // refresh cookie is still good) straight on.
 func (u *UI) loginPage(w http.ResponseWriter, r *http.Request) {
 	next := safeNext(r.URL.Query().Get("next"))
-	if principal.From(r.Context()) != nil || u.d.Auth.RefreshFromCookie(w, r) != "" {
+	if principal.From(r.Context()) != nil {
+		http.Redirect(w, r, next, http.StatusSeeOther)
+		return
+	}
+	if tok, retry := u.d.Auth.RefreshFromCookie(w, r); tok != "" || retry {
 		http.Redirect(w, r, next, http.StatusSeeOther)
 		return
 	}

@@ -50,19 +50,24 @@ func (s *Service) ClearSessionCookies(w http.ResponseWriter) {
 
 // RefreshFromCookie renews the UI session from its refresh cookie, setting
 // fresh cookies. It returns the new access token, or "" when there is no
-// usable refresh cookie.
-func (s *Service) RefreshFromCookie(w http.ResponseWriter, r *http.Request) string {
+// usable refresh cookie. retry is set when another request of the same
+// browser renewed the session a moment ago: the cookies are left alone and
+// the request should be repeated, when the browser will have the new ones.
+func (s *Service) RefreshFromCookie(w http.ResponseWriter, r *http.Request) (token string, retry bool) {
 	c, err := r.Cookie(refreshCookie)
 	if err != nil || c.Value == "" {
-		return ""
+		return "", false
 	}
 	t, err := s.Refresh(r.Context(), c.Value)
+	if err == ErrRefreshRace {
+		return "", true
+	}
 	if err != nil {
 		s.ClearSessionCookies(w)
-		return ""
+		return "", false
 	}
 	s.SetSessionCookies(w, t)
-	return t.AccessToken
+	return t.AccessToken, false
 }
 
 // CSRFToken returns the request's CSRF token, setting the cookie when there

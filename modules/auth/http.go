@@ -60,7 +60,7 @@ func oauthError(err error, code string) error {
 		return err
 	}
 	out := *e
-	if code == "invalid_grant" && out.Code == errs.Unauthenticated {
+	if code == "invalid_grant" && (out.Code == errs.Unauthenticated || out.Code == errs.Conflict) {
 		out.Code = errs.Invalid // RFC 6749 §5.2: a bad grant is a 400
 	}
 	out.Extra = map[string]any{"error": code, "error_description": e.Message}

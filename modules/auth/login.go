@@ -225,22 +225,29 @@ func truncate(s string, n int) string {
 
 var errBadRefresh = errs.E(errs.Unauthenticated, "the refresh token is invalid, expired or revoked")
 
+// ErrRefreshRace answers a refresh token presented again within seconds of
+// its exchange: a retry or a concurrent twin. The session stays valid; the
+// tokens issued by the first exchange are the ones to use.
+var ErrRefreshRace = errs.E(errs.Conflict, "this refresh token was exchanged moments ago; use the tokens issued then")
+
 // Refresh exchanges a refresh token for a new access token and a new
 // refresh token (rotation). Presenting a token that was already exchanged
 // revokes its whole session (reuse detection), except a retry of the
-// immediate predecessor within a few seconds, which supersedes the token it
-// produced: exactly one token of a session is ever valid. Concurrent
-// refreshes of one token serialise on its row.
+// immediate predecessor within a few seconds, which is refused with
+// ErrRefreshRace and revokes nothing. Concurrent refreshes of one token
+// serialise on its row: one wins, the others get ErrRefreshRace, and
+// exactly one refresh token of the session is ever valid.
 func (s *Service) Refresh(ctx context.Context, token string) (*TokenResponse, error) {
 	now := s.now()
 	hash := hashOpaque(token)
 	newToken, newHash := newOpaque()
 	var (
-		u       User
-		sid     string
-		gen     int64
-		reused  bool
-		expired bool
+		u        User
+		sid      string
+		gen      int64
+		reused   bool
+		expired  bool
+		justUsed bool
 	)
 	err := s.tx.Do(ctx, "auth.refresh", func(tx pgx.Tx) error {
 		var usedAt *time.Time
@@ -263,32 +270,32 @@ func (s *Service) Refresh(ctx context.Context, token string) (*TokenResponse, er
 			return nil
 		}
 		if usedAt != nil {
-			// Grace: the presented token has an unused child, which is then
-			// the newest token of the session (earlier retries left used
-			// siblings; created_at, read before the row lock, does not order
-			// concurrent retries), and the retry comes within seconds.
+			// The presented token was exchanged before. If it is the
+			// immediate predecessor (its child is the session's one unused
+			// token) and the exchange was seconds ago, this is a retry or a
+			// concurrent twin: refuse it without revoking, so the token
+			// issued moments ago stays the one valid token. Anything else is
+			// reuse: the session ends.
 			var child []byte
 			err := tx.QueryRow(ctx, `SELECT hash FROM refresh_tokens WHERE parent = $1 AND used_at IS NULL`, hash).Scan(&child)
 			if err != nil && !postgres.IsNoRows(err) {
 				return err
 			}
-			if child == nil || now.Sub(*usedAt) > refreshGrace {
-				reused = true
-				_, err := tx.Exec(ctx, `UPDATE sessions SET revoked_at = $2, revoke_reason = 'refresh token reuse' WHERE id = $1`, sid, now)
-				if err == nil {
-					err = audit(ctx, tx, now, deref(u.TenantID), "user:"+u.ID, "auth.refresh.reuse", "session:"+sid, nil)
-				}
-				if err == nil {
-					err = insertRevocation(ctx, tx, "session", sid, now.Add(s.cfg.AccessTTL+clockSkew))
-				}
-				return err
+			if child != nil && now.Sub(*usedAt) <= refreshGrace {
+				justUsed = true
+				return nil
 			}
-			// Supersede the unused child: it becomes used, so only the
-			// token issued now is valid.
-			if _, err := tx.Exec(ctx, `UPDATE refresh_tokens SET used_at = $2 WHERE hash = $1`, child, now); err != nil {
-				return err
+			reused = true
+			_, err = tx.Exec(ctx, `UPDATE sessions SET revoked_at = $2, revoke_reason = 'refresh token reuse' WHERE id = $1`, sid, now)
+			if err == nil {
+				err = audit(ctx, tx, now, deref(u.TenantID), "user:"+u.ID, "auth.refresh.reuse", "session:"+sid, nil)
 			}
-		} else if _, err := tx.Exec(ctx, `UPDATE refresh_tokens SET used_at = $2 WHERE hash = $1`, hash, now); err != nil {
+			if err == nil {
+				err = insertRevocation(ctx, tx, "session", sid, now.Add(s.cfg.AccessTTL+clockSkew))
+			}
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE refresh_tokens SET used_at = $2 WHERE hash = $1`, hash, now); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO refresh_tokens (hash, session_id, parent, created_at) VALUES ($1, $2, $3, $4)`,
@@ -307,6 +314,9 @@ func (s *Service) Refresh(ctx context.Context, token string) (*TokenResponse, er
 	}
 	if expired {
 		return nil, errs.E(errs.Unauthenticated, "the session has ended; sign in again")
+	}
+	if justUsed {
+		return nil, ErrRefreshRace
 	}
 	roles, _, err := s.userPermissions(ctx, u.ID)
 	if err != nil {
