@@ -31,6 +31,7 @@ import (
 
 	"github.com/atriumhq/atrium/modules/auth"
 	"github.com/atriumhq/atrium/platform/cluster"
+	"github.com/atriumhq/atrium/platform/httpx"
 	"github.com/atriumhq/atrium/platform/principal"
 )
 
@@ -139,7 +140,7 @@ func (u *UI) asset(name string) (string, error) {
 // page needs a signed-in user.
 func (u *UI) Routes() http.Handler {
 	r := chi.NewRouter()
-	r.Use(u.csrf)
+	r.Use(httpx.PageHeaders, u.csrf)
 	r.Get("/static/*", u.static)
 	r.Get("/", u.home)
 	r.Get("/ui/login", u.loginPage)

@@ -246,32 +246,42 @@ func Timeout(d time.Duration) func(http.Handler) http.Handler {
 	}
 }
 
-// ContentSecurityPolicy is strict: no inline script or style, no third
-// parties, no framing. The admin UI is built to live within it.
+// ContentSecurityPolicy is the policy of the admin UI's pages: strict, no
+// inline script or style, no third parties, no framing. The UI is built to
+// live within it.
 const ContentSecurityPolicy = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
 	"connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
-// securityHeaders are set on every response, under canonical keys so they
-// can be assigned without allocating.
-var securityHeaders = map[string][]string{
-	"Content-Security-Policy":    {ContentSecurityPolicy},
-	"X-Content-Type-Options":     {"nosniff"},
-	"X-Frame-Options":            {"DENY"},
-	"Referrer-Policy":            {"same-origin"},
-	"Cross-Origin-Opener-Policy": {"same-origin"},
-	"Permissions-Policy":         {"camera=(), microphone=(), geolocation=()"},
-}
+// APIContentSecurityPolicy is the policy of every other response (JSON,
+// probes): nothing may load from it and nothing may frame it.
+const APIContentSecurityPolicy = "default-src 'none'; frame-ancestors 'none'"
 
-var hsts = []string{"max-age=31536000; includeSubDomains"}
+// Headers under canonical keys, assigned without allocating.
+var (
+	baseHeaders = map[string][]string{
+		"Content-Security-Policy": {APIContentSecurityPolicy},
+		"X-Content-Type-Options":  {"nosniff"},
+		"Referrer-Policy":         {"same-origin"},
+	}
+	pageHeaders = map[string][]string{
+		"Content-Security-Policy":    {ContentSecurityPolicy},
+		"X-Frame-Options":            {"DENY"},
+		"Cross-Origin-Opener-Policy": {"same-origin"},
+		"Permissions-Policy":         {"camera=(), microphone=(), geolocation=()"},
+	}
+	hsts = []string{"max-age=31536000; includeSubDomains"}
+)
 
-// SecurityHeaders sets the headers every response carries; HSTS only in
-// production (it is ignored over plain HTTP, and TLS ends at the load
-// balancer).
+// SecurityHeaders sets the headers every response carries: no MIME
+// sniffing, same-origin referrers, a deny-all CSP, and HSTS in production
+// (ignored over plain HTTP; TLS ends at the load balancer). PageHeaders
+// adds the UI's policy on HTML pages; the headers stay short on API
+// responses, which are most of the traffic.
 func SecurityHeaders(production bool) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			h := w.Header()
-			for k, v := range securityHeaders {
+			for k, v := range baseHeaders {
 				h[k] = v
 			}
 			if production {
@@ -280,6 +290,18 @@ func SecurityHeaders(production bool) func(http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// PageHeaders sets the admin UI's headers: its Content-Security-Policy,
+// no framing, an isolated browsing context, no device permissions.
+func PageHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		for k, v := range pageHeaders {
+			h[k] = v
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // Observation is what Observe reports about one finished request.

@@ -423,9 +423,8 @@ func TestSecurityHeaders(t *testing.T) {
 			rec, _ := serve(t, httpx.SecurityHeaders(tt.production), httptest.NewRequest(http.MethodGet, "/", nil))
 			h := rec.Header()
 			want := map[string]string{
-				"Content-Security-Policy":   httpx.ContentSecurityPolicy,
+				"Content-Security-Policy":   httpx.APIContentSecurityPolicy,
 				"X-Content-Type-Options":    "nosniff",
-				"X-Frame-Options":           "DENY",
 				"Referrer-Policy":           "same-origin",
 				"Strict-Transport-Security": tt.wantHSTS,
 			}
@@ -438,6 +437,22 @@ func TestSecurityHeaders(t *testing.T) {
 				t.Errorf("Strict-Transport-Security sent %d times", len(h.Values("Strict-Transport-Security")))
 			}
 		})
+	}
+}
+
+func TestPageHeaders(t *testing.T) {
+	h := http.Handler(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	h = httpx.SecurityHeaders(true)(httpx.PageHeaders(h))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/ui/overview", nil))
+	for k, v := range map[string]string{
+		"Content-Security-Policy": httpx.ContentSecurityPolicy, // the page policy replaces the API one
+		"X-Frame-Options":         "DENY",
+		"X-Content-Type-Options":  "nosniff",
+	} {
+		if got := rec.Header().Values(k); len(got) != 1 || got[0] != v {
+			t.Errorf("%s = %q, want exactly %q", k, got, v)
+		}
 	}
 }
 
