@@ -163,6 +163,9 @@ func TestUnknownRoutesAndMethodsAreProblems(t *testing.T) {
 		if resp.StatusCode != tc.status {
 			t.Errorf("%s %s: status %d, want %d", tc.method, tc.path, resp.StatusCode, tc.status)
 		}
+		if tc.status == 405 && resp.Header.Get("Allow") != "GET" {
+			t.Errorf("%s %s: Allow = %q, want GET", tc.method, tc.path, resp.Header.Get("Allow"))
+		}
 		if ct := resp.Header.Get("Content-Type"); ct != "application/problem+json" {
 			t.Errorf("%s %s: content type %q", tc.method, tc.path, ct)
 		}

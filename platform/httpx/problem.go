@@ -5,7 +5,9 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 
+	"github.com/go-chi/chi/v5"
 	"github.com/rs/zerolog"
 
 	"github.com/atriumhq/atrium/platform/errs"
@@ -157,9 +159,23 @@ func (a Adapter) Error(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 // MethodNotAllowed answers a request whose path exists but not with this
-// method: 405 with an invalid problem.
+// method: 405 with an invalid problem and the Allow header RFC 9110
+// requires, found by asking the router which methods match the path.
 func MethodNotAllowed(log zerolog.Logger) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if rc := chi.RouteContext(r.Context()); rc != nil && rc.Routes != nil {
+			// rc.Routes is the root router; match the whole path against it.
+			path := r.URL.Path
+			var allow []string
+			for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+				if rc.Routes.Match(chi.NewRouteContext(), m, path) {
+					allow = append(allow, m)
+				}
+			}
+			if len(allow) > 0 {
+				w.Header().Set("Allow", strings.Join(allow, ", "))
+			}
+		}
 		e := errs.E(errs.Invalid, "method %s is not allowed on %s", r.Method, r.URL.Path)
 		p := Problem{Type: ProblemTypeBase + string(e.Code), Title: "Method not allowed", Status: http.StatusMethodNotAllowed,
 			Detail: e.Message, Instance: r.URL.Path, Code: e.Code, RequestID: logging.RequestID(r.Context())}
