@@ -32,8 +32,9 @@ ensure_postgres() {
   command -v pg_isready >/dev/null || apt_install postgresql postgresql-client
   if pg_ready; then log "PostgreSQL: reusing 127.0.0.1:$PGPORT"; return; fi
   # The machine's own cluster, if one is configured but stopped.
-  if command -v pg_lsclusters >/dev/null && [ -n "$(pg_lsclusters -h 2>/dev/null)" ]; then
-    read -r ver name _ < <(pg_lsclusters -h | head -1)
+  local ver name port
+  if command -v pg_lsclusters >/dev/null &&
+     read -r ver name port _ < <(pg_lsclusters -h 2>/dev/null | awk -v p="$PGPORT" '$3 == p' | head -1) && [ -n "$ver" ]; then
     log "PostgreSQL: starting cluster $ver/$name"
     pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start || true
     for _ in $(seq 1 30); do pg_ready && return; sleep 0.5; done
