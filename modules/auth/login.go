@@ -140,8 +140,9 @@ func (s *Service) Login(ctx context.Context, email, password, userAgent string) 
 	}
 	var u User
 	var hash string
-	err := s.pool.QueryRow(ctx, `SELECT id, tenant_id, email, display_name, status, password_hash, created_at
-		FROM users WHERE lower(email) = lower($1)`, email).Scan(&u.ID, &u.TenantID, &u.Email, &u.DisplayName, &u.Status, &hash, &u.CreatedAt)
+	var gen int64
+	err := s.pool.QueryRow(ctx, `SELECT id, tenant_id, email, display_name, status, password_hash, created_at, token_gen
+		FROM users WHERE lower(email) = lower($1)`, email).Scan(&u.ID, &u.TenantID, &u.Email, &u.DisplayName, &u.Status, &hash, &u.CreatedAt, &gen)
 	found := err == nil
 	if err != nil && !postgres.IsNoRows(err) {
 		return nil, err
@@ -170,7 +171,7 @@ func (s *Service) Login(ctx context.Context, email, password, userAgent string) 
 			s.log.Warn().Ctx(ctx).Err(err).Msg("password rehash failed")
 		}
 	}
-	return s.openSession(ctx, u, userAgent)
+	return s.openSession(ctx, u, gen, userAgent)
 }
 
 func deref(p *string) string {
@@ -181,14 +182,21 @@ func deref(p *string) string {
 }
 
 // openSession creates a session with its first refresh token and issues an
-// access token.
-func (s *Service) openSession(ctx context.Context, u User, userAgent string) (*LoginResult, error) {
+// access token. gen is the user's token generation read with the password
+// hash that was checked: if a password change, disable or logout-all raised
+// it since, the sign-in is refused, and the row lock keeps one from
+// committing before the session exists (it then ends the session).
+func (s *Service) openSession(ctx context.Context, u User, gen int64, userAgent string) (*LoginResult, error) {
 	now := s.now()
 	sid := uuid.Must(uuid.NewV7()).String()
 	refresh, hash := newOpaque()
-	var gen int64
 	err := s.tx.Do(ctx, "auth.login", func(tx pgx.Tx) error {
-		if err := tx.QueryRow(ctx, `SELECT token_gen FROM users WHERE id = $1`, u.ID).Scan(&gen); err != nil {
+		var cur int64
+		err := tx.QueryRow(ctx, `SELECT token_gen FROM users WHERE id = $1 AND status = 'active' FOR SHARE`, u.ID).Scan(&cur)
+		if postgres.IsNoRows(err) || (err == nil && cur != gen) {
+			return errBadCredentials
+		}
+		if err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, user_agent, client_ip)
@@ -378,7 +386,7 @@ func (s *Service) LogoutAll(ctx context.Context) error {
 	if p.Kind != principal.User {
 		return errs.E(errs.Forbidden, "only users have sessions to end; disable a terminal instead")
 	}
-	return s.revokeUser(ctx, p.ID, "logout everywhere", "auth.logout_all", "")
+	return s.revokeUser(ctx, p.ID, "logout everywhere", "auth.logout_all", p.TenantID)
 }
 
 // revokeUser raises a user's token generation and ends their sessions, in
@@ -456,26 +464,38 @@ func (s *Service) RevokeToken(ctx context.Context, token string) error {
 	now := s.now()
 	exp := now.Add(s.cfg.AccessTTL + clockSkew)
 	if c, err := s.parse(ctx, token); err == nil {
+		// Keep the revocation as long as the verifier accepts the token:
+		// until exp plus the clock skew it allows.
+		until := c.exp.Add(clockSkew)
 		err := s.tx.Do(ctx, "auth.revoke_token", func(tx pgx.Tx) error {
-			return insertRevocation(ctx, tx, "jti", c.jti, c.exp)
+			if err := insertRevocation(ctx, tx, "jti", c.jti, until); err != nil {
+				return err
+			}
+			return audit(ctx, tx, now, c.tenant, string(c.kind)+":"+c.subject, "auth.token.revoke", "token:"+c.jti, nil)
 		})
 		if err != nil {
 			return err
 		}
-		s.publish(ctx, event{Kind: "jti", ID: c.jti, Exp: c.exp})
+		s.publish(ctx, event{Kind: "jti", ID: c.jti, Exp: until})
 		return nil
 	}
-	var sid string
+	var sid, uid string
+	var tenant *string
 	err := s.tx.Do(ctx, "auth.revoke_token", func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `UPDATE sessions SET revoked_at = $2, revoke_reason = 'token revoked'
-			WHERE id = (SELECT session_id FROM refresh_tokens WHERE hash = $1) AND revoked_at IS NULL RETURNING id`, hashOpaque(token), now).Scan(&sid)
+		err := tx.QueryRow(ctx, `UPDATE sessions s SET revoked_at = $2, revoke_reason = 'token revoked' FROM users u
+			WHERE s.id = (SELECT session_id FROM refresh_tokens WHERE hash = $1) AND s.revoked_at IS NULL AND u.id = s.user_id
+			RETURNING s.id, u.id, u.tenant_id`, hashOpaque(token), now).Scan(&sid, &uid, &tenant)
 		if postgres.IsNoRows(err) {
+			sid = ""
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		return insertRevocation(ctx, tx, "session", sid, exp)
+		if err := insertRevocation(ctx, tx, "session", sid, exp); err != nil {
+			return err
+		}
+		return audit(ctx, tx, now, deref(tenant), "user:"+uid, "auth.token.revoke", "session:"+sid, nil)
 	})
 	if err == nil && sid != "" {
 		s.publish(ctx, event{Kind: "session", ID: sid, Exp: exp})

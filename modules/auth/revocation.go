@@ -137,6 +137,9 @@ func (s *Service) loadRevocations(ctx context.Context) error {
 type permCache struct {
 	mu      sync.RWMutex
 	entries map[string]permEntry
+	// epoch counts invalidations: a load that began before one must not
+	// store what it read.
+	epoch uint64
 }
 
 type permEntry struct {
@@ -161,9 +164,27 @@ func (c *permCache) put(userID string, e permEntry) {
 	c.mu.Unlock()
 }
 
+// version returns the invalidation epoch, read before a load.
+func (c *permCache) version() uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.epoch
+}
+
+// putIfCurrent stores e unless an invalidation happened since version v
+// was read: the load may then hold permissions from before the change.
+func (c *permCache) putIfCurrent(userID string, e permEntry, v uint64) {
+	c.mu.Lock()
+	if c.epoch == v {
+		c.entries[userID] = e
+	}
+	c.mu.Unlock()
+}
+
 // invalidate drops one user's entry, or every entry for "*".
 func (c *permCache) invalidate(userID string) {
 	c.mu.Lock()
+	c.epoch++
 	if userID == "*" {
 		c.entries = map[string]permEntry{}
 	} else {
@@ -178,6 +199,7 @@ func (s *Service) userPermissions(ctx context.Context, userID string) (roles, pe
 	if e, ok := s.perms.get(userID, s.now()); ok {
 		return e.roles, e.perms, nil
 	}
+	v := s.perms.version()
 	err = s.pool.QueryRow(ctx, `SELECT coalesce(array_agg(DISTINCT r.name ORDER BY r.name), '{}'),
 			coalesce((SELECT array_agg(DISTINCT p ORDER BY p) FROM user_roles ur2 JOIN roles r2 ON r2.id = ur2.role_id,
 				unnest(r2.permissions) p WHERE ur2.user_id = $1), '{}')
@@ -185,6 +207,6 @@ func (s *Service) userPermissions(ctx context.Context, userID string) (roles, pe
 	if err != nil {
 		return nil, nil, fmt.Errorf("load permissions: %w", err)
 	}
-	s.perms.put(userID, permEntry{roles: roles, perms: perms, loaded: s.now()})
+	s.perms.putIfCurrent(userID, permEntry{roles: roles, perms: perms, loaded: s.now()}, v)
 	return roles, perms, nil
 }
