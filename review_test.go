@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/google/uuid"
@@ -72,5 +73,62 @@ func TestReviewRevokeEndpointAudited(t *testing.T) {
 	}
 	if !ended {
 		t.Error("the audit log does not show the session ended through /oauth2/revoke")
+	}
+}
+
+// TestNoPrivilegeEscalation: users:manage through a custom role does not
+// make its holder a tenant administrator: they grant only what they hold
+// and act only on users who hold nothing more.
+func TestNoPrivilegeEscalation(t *testing.T) {
+	in := startCluster(t, 1)[0]
+	const tenant = "0193a000-0000-7000-8000-0000000e5c01"
+	admin := bearer(loginAs(t, in, "esc-admin@atrium.test", adminPassword, "tenant_admin", tenant))
+	h := func(b http.Header) http.Header { b = b.Clone(); b.Set("Content-Type", "application/json"); return b }
+	post := func(hdr http.Header, method, path, body string) (int, string) {
+		resp, b := call(t, method, in.URL+path, strings.NewReader(body), h(hdr))
+		return resp.StatusCode, string(b)
+	}
+	if st, b := post(admin, "POST", "/api/v1/roles", `{"name":"user_manager","permissions":["users:manage","users:read"]}`); st != 201 {
+		t.Fatalf("create role: %d %s", st, b)
+	}
+	mgr := bearer(loginAs(t, in, "esc-mgr@atrium.test", adminPassword, "viewer", tenant))
+	var mgrID string
+	for _, u := range decodeJSON[struct {
+		Users []struct{ ID, Email string } `json:"users"`
+	}](t, []byte(func() string { _, b := post(admin, "GET", "/api/v1/users", ""); return b }())).Users {
+		if u.Email == "esc-mgr@atrium.test" {
+			mgrID = u.ID
+		}
+	}
+	if st, b := post(admin, "PUT", "/api/v1/users/"+mgrID+"/roles", `{"roles":["user_manager"]}`); st != 200 {
+		t.Fatalf("grant user_manager: %d %s", st, b)
+	}
+	adminID := ""
+	resp, body := call(t, "GET", in.URL+"/api/v1/me", nil, admin)
+	if resp.StatusCode == 200 {
+		adminID = decodeJSON[struct {
+			User struct{ ID string } `json:"user"`
+		}](t, body).User.ID
+	}
+	for _, tc := range []struct{ name, method, path, body string }{
+		{"create a tenant admin", "POST", "/api/v1/users", `{"email":"esc-new@atrium.test","password":"a long enough password","roles":["tenant_admin"]}`},
+		{"promote self", "PUT", "/api/v1/users/" + mgrID + "/roles", `{"roles":["tenant_admin"]}`},
+		{"reset the tenant admin's password", "POST", "/api/v1/users/" + adminID + "/password", `{"password":"taken over at last!"}`},
+		{"disable the tenant admin", "POST", "/api/v1/users/" + adminID + "/status", `{"status":"disabled"}`},
+	} {
+		if st, b := post(mgr, tc.method, tc.path, tc.body); st != http.StatusForbidden {
+			t.Errorf("%s: %d %s, want 403", tc.name, st, b)
+		}
+	}
+	if st, b := post(mgr, "POST", "/api/v1/users", `{"email":"esc-peer@atrium.test","password":"a long enough password","roles":["user_manager"]}`); st != 201 {
+		t.Errorf("granting a role within one's own permissions: %d %s", st, b)
+	}
+
+	// Changing one's own password needs the current one.
+	if st, b := post(mgr, "POST", "/api/v1/users/"+mgrID+"/password", `{"password":"a new password for me"}`); st != 400 || !strings.Contains(b, "current_password") {
+		t.Errorf("own password change without the current one: %d %s", st, b)
+	}
+	if st, b := post(mgr, "POST", "/api/v1/users/"+mgrID+"/password", `{"password":"a new password for me","current_password":"`+adminPassword+`"}`); st != 204 {
+		t.Errorf("own password change: %d %s", st, b)
 	}
 }

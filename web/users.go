@@ -167,7 +167,7 @@ func (u *UI) resetPassword(w http.ResponseWriter, r *http.Request) {
 		u.formFailed(w, r, back, errs.Field("confirm", "does not match the new password"))
 		return
 	}
-	if err := u.d.Auth.ResetPassword(r.Context(), id, pw); err != nil {
+	if err := u.d.Auth.ResetPassword(r.Context(), id, pw, r.PostFormValue("current_password")); err != nil {
 		u.formFailed(w, r, back, err)
 		return
 	}

@@ -73,6 +73,9 @@ func (s *Service) createUser(ctx context.Context, in NewUser) (*User, error) {
 	if p := principal.From(ctx); p != nil && !p.Has("tenants:manage") && slices.Contains(in.Roles, "platform_admin") {
 		return nil, errs.E(errs.Forbidden, "only platform administrators grant platform_admin")
 	}
+	if err := s.checkGrant(ctx, in.TenantID, in.Roles); err != nil {
+		return nil, err
+	}
 	now := s.now()
 	u := &User{ID: uuid.Must(uuid.NewV7()).String(), Email: addr.Address, DisplayName: strings.TrimSpace(in.DisplayName),
 		Status: "active", CreatedAt: now, Roles: in.Roles}
@@ -131,6 +134,56 @@ func uniq(s []string) []string {
 	out := slices.Clone(s)
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// No escalation: an administrator may grant only roles whose permissions
+// they hold themselves, and may act (roles, password, status, sessions) only
+// on users who hold nothing they lack. Otherwise users:manage would be as
+// good as any role, platform_admin included.
+
+// checkGrant refuses roles carrying a permission the caller lacks.
+func (s *Service) checkGrant(ctx context.Context, tenant string, roles []string) error {
+	p := principal.From(ctx)
+	if p == nil {
+		return nil // the operator's own command on the host (CreateFirstAdmin)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT unnest(permissions) FROM roles
+		WHERE name = ANY($1) AND (tenant_id IS NULL OR tenant_id::text = $2)`, roles, tenant)
+	if err != nil {
+		return err
+	}
+	perms, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	for _, perm := range perms {
+		if !p.Has(perm) {
+			return errs.E(errs.Forbidden, "you cannot grant %s, which you do not hold", perm)
+		}
+	}
+	return nil
+}
+
+// checkTarget refuses acting on a user who holds a permission the caller
+// lacks, and needs users:manage.
+func (s *Service) checkTarget(ctx context.Context, userID string) error {
+	if err := principal.Check(ctx, "users:manage"); err != nil {
+		return err
+	}
+	if _, err := s.getUser(ctx, userID); err != nil {
+		return err // not found, or outside the caller's tenant
+	}
+	_, perms, err := s.userPermissions(ctx, userID)
+	if err != nil {
+		return err
+	}
+	p := principal.From(ctx)
+	for _, perm := range perms {
+		if !p.Has(perm) {
+			return errs.E(errs.Forbidden, "this user holds %s, which you do not", perm)
+		}
+	}
+	return nil
 }
 
 // targetTenant is the tenant a new object of the caller's goes into: their
@@ -218,6 +271,9 @@ func (s *Service) SetUserStatus(ctx context.Context, id, status string) (*User, 
 	if p := principal.From(ctx); p.ID == id && status == "disabled" {
 		return nil, errs.E(errs.Conflict, "you cannot disable yourself")
 	}
+	if err := s.checkTarget(ctx, id); err != nil {
+		return nil, err
+	}
 	var gen int64
 	err = s.tx.Do(ctx, "auth.user_status", func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE users SET status = $2, updated_at = $3 WHERE id = $1`, id, status, s.now()); err != nil {
@@ -245,17 +301,26 @@ func (s *Service) SetUserStatus(ctx context.Context, id, status string) (*User, 
 	return u, nil
 }
 
-// ResetPassword sets a new password for a user (an administrator's reset,
-// or the user's own change) and revokes every token and session they hold.
-func (s *Service) ResetPassword(ctx context.Context, id, password string) error {
+// ResetPassword sets a new password for a user and revokes every token and
+// session they hold. Users changing their own password must give the
+// current one (a stolen access token must not become the account); an
+// administrator's reset needs users:manage over a user who holds nothing
+// the administrator lacks.
+func (s *Service) ResetPassword(ctx context.Context, id, password, current string) error {
 	p := principal.From(ctx)
 	if p == nil {
 		return errs.E(errs.Unauthenticated, "authentication required")
 	}
-	if p.ID != id {
-		if err := principal.Check(ctx, "users:manage"); err != nil {
+	if p.ID == id {
+		var hash string
+		if err := s.pool.QueryRow(ctx, `SELECT password_hash FROM users WHERE id = $1`, id).Scan(&hash); err != nil {
 			return err
 		}
+		if ok, _, err := checkPassword(current, hash, s.argon); err != nil || !ok {
+			return errs.Field("current_password", "is not your current password")
+		}
+	} else if err := s.checkTarget(ctx, id); err != nil {
+		return err
 	}
 	if err := validatePassword(password); err != nil {
 		return errs.Field("password", "%s", err.Error())
@@ -297,6 +362,12 @@ func (s *Service) SetUserRoles(ctx context.Context, id string, roles []string) (
 	}
 	if slices.Contains(roles, "platform_admin") && (u.TenantID != nil || !principal.From(ctx).Has("tenants:manage")) {
 		return nil, errs.Field("roles", "platform_admin is only for platform users, granted by platform administrators")
+	}
+	if err := s.checkTarget(ctx, id); err != nil {
+		return nil, err
+	}
+	if err := s.checkGrant(ctx, deref(u.TenantID), roles); err != nil {
+		return nil, err
 	}
 	err = s.tx.Do(ctx, "auth.user_roles", func(tx pgx.Tx) error {
 		if err := setRoles(ctx, tx, id, deref(u.TenantID), roles); err != nil {
@@ -372,7 +443,7 @@ func (s *Service) RevokeSession(ctx context.Context, sessionID string) error {
 		return err
 	}
 	if owner != p.ID {
-		if err := principal.Check(ctx, "users:manage"); err != nil {
+		if err := s.checkTarget(ctx, owner); err != nil {
 			return err
 		}
 	}

@@ -296,6 +296,8 @@ func (s *Service) handleUserStatus(w http.ResponseWriter, r *http.Request) error
 
 type passwordRequest struct {
 	Password string `json:"password" required:"true"`
+	// CurrentPassword is required when users change their own password.
+	CurrentPassword string `json:"current_password"`
 }
 
 func (s *Service) handlePassword(w http.ResponseWriter, r *http.Request) error {
@@ -303,7 +305,7 @@ func (s *Service) handlePassword(w http.ResponseWriter, r *http.Request) error {
 	if err := httpx.Decode(r, &in); err != nil {
 		return err
 	}
-	if err := s.ResetPassword(r.Context(), chi.URLParam(r, "id"), in.Password); err != nil {
+	if err := s.ResetPassword(r.Context(), chi.URLParam(r, "id"), in.Password, in.CurrentPassword); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

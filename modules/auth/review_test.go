@@ -108,7 +108,7 @@ func TestReviewLoginRacingRevocation(t *testing.T) {
 		change func(s *Service, ctx context.Context, id string) error
 	}{
 		{"password change", func(s *Service, ctx context.Context, id string) error {
-			return s.ResetPassword(ctx, id, "a brand new password of the owner")
+			return s.ResetPassword(ctx, id, "a brand new password of the owner", "")
 		}},
 		{"disable", func(s *Service, ctx context.Context, id string) error {
 			_, err := s.SetUserStatus(ctx, id, "disabled")
@@ -123,7 +123,7 @@ func TestReviewLoginRacingRevocation(t *testing.T) {
 			const oldPassword = "the old, leaked password"
 			u := testUser(t, s, "race-"+strings.ReplaceAll(c.name, " ", "-")+"@atrium.test", oldPassword)
 			admin := principal.With(context.Background(), &principal.Principal{Kind: principal.User, ID: "0193a000-0000-7000-8000-00000000ad01",
-				Permissions: []string{"users:manage", "users:read"}})
+				Permissions: []string{"users:manage", "users:read", "terminals:read", "payments:read", "gpu:read"}})
 			// The first clock reading of a successful Login is openSession's:
 			// the administrator's change commits right then.
 			var hook func()

@@ -165,6 +165,11 @@ func (s *Service) Run(ctx context.Context) error {
 				return
 			case <-t.C:
 				s.revs.prune(s.now())
+				// Catch up on any broadcast this instance missed while its
+				// subscription stayed up (a failed publish elsewhere).
+				if err := s.loadRevocations(ctx); err != nil && ctx.Err() == nil {
+					s.log.Warn().Err(err).Msg("periodic reload of revocations failed")
+				}
 			}
 		}
 	})
