@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"net/mail"
 	"slices"
 	"strings"
@@ -106,7 +107,7 @@ func (s *Service) createUser(ctx context.Context, in NewUser) (*User, error) {
 
 func isUnique(err error) bool {
 	var pe *pgconn.PgError
-	return err != nil && errorsAs(err, &pe) && pe.Code == "23505"
+	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
 // setRoles replaces a user's roles with the named ones, which must be
@@ -198,6 +199,22 @@ func targetTenant(ctx context.Context, requested string) (string, error) {
 		return "", errs.Field("tenant_id", "must be your own tenant")
 	}
 	return p.TenantID, nil
+}
+
+// tenantObject checks perm and returns the tenant of a new object that
+// must belong to one (a terminal, a custom role): see targetTenant.
+func tenantObject(ctx context.Context, perm, requested string) (string, error) {
+	if err := principal.Check(ctx, perm); err != nil {
+		return "", err
+	}
+	tenant, err := targetTenant(ctx, requested)
+	if err != nil {
+		return "", err
+	}
+	if _, err := uuid.Parse(tenant); err != nil {
+		return "", errs.Field("tenant_id", "is required (a UUID): platform administrators name the tenant")
+	}
+	return tenant, nil
 }
 
 // scopeArg restricts a query

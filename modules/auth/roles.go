@@ -61,17 +61,11 @@ type NewRole struct {
 // CreateRole defines a custom role in the caller's tenant (platform
 // administrators name the tenant). Errors: invalid, forbidden, conflict.
 func (s *Service) CreateRole(ctx context.Context, in NewRole) (*Role, error) {
-	if err := principal.Check(ctx, "roles:manage"); err != nil {
-		return nil, err
-	}
-	tenant, err := targetTenant(ctx, in.TenantID)
+	tenant, err := tenantObject(ctx, "roles:manage", in.TenantID)
 	if err != nil {
 		return nil, err
 	}
 	in.TenantID = tenant
-	if _, err := uuid.Parse(in.TenantID); err != nil {
-		return nil, errs.Field("tenant_id", "is required (a UUID): custom roles belong to a tenant")
-	}
 	in.Name = strings.TrimSpace(in.Name)
 	if !roleName.MatchString(in.Name) {
 		return nil, errs.Field("name", "must be 2 to 40 lower-case letters, digits or _ starting with a letter")

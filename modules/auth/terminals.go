@@ -39,17 +39,11 @@ type NewTerminal struct {
 // CreateTerminal registers a terminal and returns it with its client
 // secret, which is never shown again. Errors: invalid, forbidden.
 func (s *Service) CreateTerminal(ctx context.Context, in NewTerminal) (*Terminal, error) {
-	if err := principal.Check(ctx, "terminals:manage"); err != nil {
-		return nil, err
-	}
-	tenant, err := targetTenant(ctx, in.TenantID)
+	tenant, err := tenantObject(ctx, "terminals:manage", in.TenantID)
 	if err != nil {
 		return nil, err
 	}
 	in.TenantID = tenant
-	if _, err := uuid.Parse(in.TenantID); err != nil {
-		return nil, errs.Field("tenant_id", "is required (a UUID) for platform administrators")
-	}
 	in.MerchantRef = strings.TrimSpace(in.MerchantRef)
 	if in.MerchantRef == "" || len(in.MerchantRef) > 64 {
 		return nil, errs.Field("merchant_ref", "must be 1 to 64 characters")
