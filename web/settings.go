@@ -39,7 +39,7 @@ func (u *UI) rotateKeys(w http.ResponseWriter, r *http.Request) {
 		u.formFailed(w, r, "/ui/settings", err)
 		return
 	}
-	u.done(w, r, "/ui/settings", "Signing keys rotated. Tokens signed with the previous key stay valid until they expire.")
+	u.done(w, r, "/ui/settings", "Signing keys rotated. Tokens signed with the previous key stay valid until the next rotation.")
 }
 
 // auditPageSize is how many audit records one page shows.
