@@ -100,9 +100,8 @@ func Identify(trusted []netip.Prefix) func(http.Handler) http.Handler {
 			if !validRequestID(id) {
 				id = t.TraceID
 			}
-			h := w.Header()
-			h[hdrRequestID] = []string{id}
-			h[hdrTraceparent] = []string{t.Traceparent()}
+			h, vals := w.Header(), []string{id, t.Traceparent()} // one allocation for both
+			h[hdrRequestID], h[hdrTraceparent] = vals[0:1:1], vals[1:2:2]
 			ctx := context.WithValue(logging.WithRequest(r.Context(), id, t.TraceID), edgeKey{}, e)
 			next.ServeHTTP(w, r.WithContext(ctx))
 		})
@@ -228,7 +227,9 @@ func BodyLimit(n int64) func(http.Handler) http.Handler {
 				WriteError(w, r, zerolog.Nop(), errs.E(errs.TooLarge, "body exceeds %d bytes", n))
 				return
 			}
-			r.Body = http.MaxBytesReader(w, r.Body, n)
+			if r.Body != http.NoBody {
+				r.Body = http.MaxBytesReader(w, r.Body, n)
+			}
 			next.ServeHTTP(w, r)
 		})
 	}

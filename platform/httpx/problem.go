@@ -118,20 +118,34 @@ func JSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeJSON(w http.ResponseWriter, status int, ctype string, v any) {
-	b, err := json.Marshal(v)
+	var b []byte
+	var err error
+	if raw, ok := v.(json.RawMessage); ok {
+		b = raw // already encoded (constant bodies such as /healthz)
+	} else {
+		b, err = json.Marshal(v)
+	}
 	if err != nil {
 		status = http.StatusInternalServerError
 		b = []byte(`{"type":"` + ProblemTypeBase + `internal","title":"Internal error","status":500,"code":"internal"}`)
 		ctype = "application/problem+json"
 	}
 	h := w.Header()
-	h["Content-Type"] = []string{ctype}
+	h["Content-Type"] = contentTypes[ctype]
 	h["Cache-Control"] = noStore
 	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
+	_, _ = w.Write(b)
+	_, _ = w.Write(newline)
 }
 
-var noStore = []string{"no-store"}
+var (
+	newline      = []byte{'\n'}
+	noStore      = []string{"no-store"}
+	contentTypes = map[string][]string{
+		"application/json":         {"application/json"},
+		"application/problem+json": {"application/problem+json"},
+	}
+)
 
 // HandlerFunc is an HTTP handler that returns an error instead of writing it.
 type HandlerFunc func(w http.ResponseWriter, r *http.Request) error
