@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,29 +16,11 @@ import (
 	atriumsql "github.com/atriumhq/atrium/sql"
 )
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // instance is one real Atrium instance started by a test on port 0.
 type instance struct {
 	app  *app
 	URL  string
-	Logs *syncBuffer
+	Logs *testenv.LogBuffer
 	stop context.CancelFunc
 	done chan struct{} // closed when serve returns
 	err  error         // serve's result, valid once done is closed
@@ -76,7 +56,7 @@ func testConfig(dbURL, redisPrefix, id string) config.Config {
 // startInstance starts one instance with cfg and stops it when the test ends.
 func startInstance(t testing.TB, cfg config.Config, opts ...appOption) *instance {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	log := logging.New(logs, cfg.Log.Level, "json", false)
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := newApp(ctx, cfg, log, opts...)

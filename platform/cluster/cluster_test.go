@@ -11,21 +11,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/atriumhq/atrium/platform/cluster"
-	"github.com/atriumhq/atrium/platform/redisx"
 	"github.com/atriumhq/atrium/platform/testenv"
 )
-
-// connect returns a client on the test Redis under prefix, closed when the
-// test ends.
-func connect(t testing.TB, prefix string) *redisx.Client {
-	t.Helper()
-	c, err := redisx.Connect(redisx.Options{URL: testenv.RedisURL(), Prefix: prefix, Timeout: time.Second})
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
 
 // checks is a settable health report, as an instance's dependency checks.
 type checks struct {
@@ -52,7 +39,7 @@ func (c *checks) check(context.Context) map[string]string {
 func registry(t testing.TB, prefix, id string, interval time.Duration, ch *checks) *cluster.Registry {
 	t.Helper()
 	self := cluster.Instance{ID: id, Version: "v1.2.3", Host: "host-" + id, Addr: "10.0.0.1:8080", StartedAt: time.Now().UTC().Truncate(time.Second)}
-	return cluster.NewRegistry(connect(t, prefix), self, interval, ch.check, zerolog.Nop())
+	return cluster.NewRegistry(testenv.RedisClient(t, prefix), self, interval, ch.check, zerolog.Nop())
 }
 
 func list(t testing.TB, r *cluster.Registry) []cluster.Instance {

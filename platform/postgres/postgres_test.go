@@ -1,12 +1,9 @@
 package postgres_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,38 +17,6 @@ import (
 	"github.com/atriumhq/atrium/platform/testenv"
 	atriumsql "github.com/atriumhq/atrium/sql"
 )
-
-// logSink is a goroutine-safe log destination: the alarm is logged from a
-// timer goroutine.
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-// lines returns every JSON log line written so far, decoded.
-func (s *logSink) lines(t testing.TB) []map[string]any {
-	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []map[string]any
-	for _, l := range bytes.Split(s.buf.Bytes(), []byte("\n")) {
-		if len(bytes.TrimSpace(l)) == 0 {
-			continue
-		}
-		var m map[string]any
-		if err := json.Unmarshal(l, &m); err != nil {
-			t.Fatalf("log line is not JSON: %q: %v", l, err)
-		}
-		out = append(out, m)
-	}
-	return out
-}
 
 // open returns a pool on url with at most maxConns connections, closed
 // when the test ends.
@@ -218,7 +183,7 @@ func TestTxLongTransactionAlarm(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			sink := &logSink{}
+			sink := &testenv.LogBuffer{}
 			txr := postgres.NewTx(pool, logging.New(sink, "debug", "json", false))
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(txr.Collectors()...)
@@ -253,7 +218,7 @@ func TestTxLongTransactionAlarm(t *testing.T) {
 			}
 
 			var warns []map[string]any
-			for _, l := range sink.lines(t) {
+			for _, l := range sink.Lines(t) {
 				if l["level"] == "warn" {
 					warns = append(warns, l)
 				}
@@ -284,7 +249,7 @@ func TestOpen(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			sink := &logSink{}
+			sink := &testenv.LogBuffer{}
 			start := time.Now()
 			pool, err := postgres.Open(context.Background(), postgres.Options{URL: tc.url, RetryFor: tc.retryFor, Log: logging.New(sink, "debug", "json", false)})
 			elapsed := time.Since(start)
@@ -302,7 +267,7 @@ func TestOpen(t *testing.T) {
 				t.Errorf("gave up after %s, want about RetryFor (%s)", elapsed, tc.retryFor)
 			}
 			retries := 0
-			for _, l := range sink.lines(t) {
+			for _, l := range sink.Lines(t) {
 				if l["level"] == "warn" && l["message"] == "database unreachable, retrying" {
 					retries++
 				}

@@ -87,7 +87,7 @@ func TestBroadcastRoundTrip(t *testing.T) {
 	prefix := testenv.RedisPrefix(t)
 	// Two clients stand for two instances of one deployment.
 	subClient, pubClient := connect(t, prefix), connect(t, prefix)
-	sink := &logSink{}
+	sink := &testenv.LogBuffer{}
 	s := subscribe(t, redisx.NewBroadcast[invalidation](subClient, "tenant-cache"), logging.New(sink, "debug", "json", false))
 	pub := redisx.NewBroadcast[invalidation](pubClient, "tenant-cache")
 

@@ -1,9 +1,7 @@
 package redisx_test
 
 import (
-	"bytes"
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -11,15 +9,10 @@ import (
 	"github.com/atriumhq/atrium/platform/testenv"
 )
 
-// connect returns a client on the test Redis under prefix, closed when the
-// test ends.
+// connect returns a client on the test Redis under prefix that answers.
 func connect(t testing.TB, prefix string) *redisx.Client {
 	t.Helper()
-	c, err := redisx.Connect(redisx.Options{URL: testenv.RedisURL(), Prefix: prefix, Timeout: time.Second})
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
+	c := testenv.RedisClient(t, prefix)
 	if err := c.Ping(context.Background()); err != nil {
 		t.Fatalf("ping: %v", err)
 	}
@@ -37,24 +30,6 @@ func eventually(t testing.TB, d time.Duration, msg string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// logSink is a goroutine-safe log destination.
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *logSink) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
 }
 
 func TestConnectRejectsBadURL(t *testing.T) {
