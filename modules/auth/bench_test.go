@@ -19,7 +19,6 @@ import (
 	"github.com/atriumhq/atrium/platform/keyring"
 	"github.com/atriumhq/atrium/platform/postgres"
 	"github.com/atriumhq/atrium/platform/principal"
-	"github.com/atriumhq/atrium/platform/redisx"
 	"github.com/atriumhq/atrium/platform/testenv"
 	atriumsql "github.com/atriumhq/atrium/sql"
 )
@@ -45,11 +44,7 @@ var testAuthConfig = config.Auth{
 func newTestService(tb testing.TB) *Service {
 	tb.Helper()
 	pool := testenv.Pool(tb, atriumsql.Migrations())
-	rc, err := redisx.Connect(redisx.Options{URL: testenv.RedisURL(), Prefix: testenv.RedisPrefix(tb), Timeout: time.Second})
-	if err != nil {
-		tb.Fatalf("redis: %v", err)
-	}
-	tb.Cleanup(func() { _ = rc.Close() })
+	rc := testenv.RedisClient(tb, testenv.RedisPrefix(tb))
 	ring, err := keyring.Parse(testMasterKey)
 	if err != nil {
 		tb.Fatalf("keyring: %v", err)
