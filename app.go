@@ -101,7 +101,7 @@ func openApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *app
 	if err := a.ensureSchema(ctx); err != nil {
 		return nil, err
 	}
-	if a.redis, err = redisx.Connect(redisx.Options{URL: cfg.Redis.URL, Prefix: cfg.Redis.Prefix, Timeout: cfg.Redis.Timeout}); err != nil {
+	if a.redis, err = redisx.Connect(redisx.Options{URL: cfg.Redis.URL, Prefix: cfg.Redis.Prefix, Timeout: cfg.Redis.Timeout, Log: log}); err != nil {
 		return nil, err
 	}
 

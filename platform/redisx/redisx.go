@@ -7,9 +7,11 @@ package redisx
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
 )
 
 // Options configure Connect.
@@ -17,6 +19,8 @@ type Options struct {
 	URL     string
 	Prefix  string
 	Timeout time.Duration
+	// Log receives go-redis's own messages.
+	Log zerolog.Logger
 }
 
 // Client is a go-redis client plus the key prefix of this deployment.
@@ -24,6 +28,16 @@ type Client struct {
 	*redis.Client
 	prefix string
 }
+
+// logger sends go-redis's own messages (dial failures while Redis is
+// down) to zerolog instead of the standard logger's stderr.
+type logger struct{ log zerolog.Logger }
+
+func (l logger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.Warn().Ctx(ctx).Str("module", "redis").Msgf(format, v...)
+}
+
+var setLogger sync.Once
 
 // Connect parses the URL and returns a client with short timeouts: a slow
 // Redis must degrade a request, never hang it. It does not wait for Redis to
@@ -39,6 +53,8 @@ func Connect(o Options) (*Client, error) {
 		opt.DialTimeout = 2 * o.Timeout
 	}
 	opt.ClientName = "atrium"
+	// go-redis has one process-wide logger: the first client's log wins.
+	setLogger.Do(func() { redis.SetLogger(logger{o.Log}) })
 	return &Client{Client: redis.NewClient(opt), prefix: o.Prefix}, nil
 }
 
