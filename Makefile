@@ -27,7 +27,7 @@ services: ## start (or reuse) PostgreSQL and Redis on loopback
 
 run: build ## run Atrium at http://127.0.0.1:8080 in development mode
 	@scripts/services.sh --db=atrium
-	@echo "Atrium: open http://127.0.0.1:8080 in your browser (Ctrl-C stops it)"
+	@echo "Atrium: open http://$${ATRIUM_HTTP_ADDR:-127.0.0.1:8080} in your browser (Ctrl-C stops it)"
 	@if [ -n "$${DISPLAY:-}$${WAYLAND_DISPLAY:-}" ] && command -v xdg-open >/dev/null; then \
 	  (sleep 2; xdg-open http://127.0.0.1:8080 >/dev/null 2>&1) & fi
 	@if [ -z "$${ATRIUM_MASTER_KEY+set}$${ATRIUM_MASTER_KEY_FILE+set}" ]; then \
