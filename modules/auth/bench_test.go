@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -12,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/atriumhq/atrium/platform/config"
@@ -78,42 +76,19 @@ func testUser(tb testing.TB, s *Service, email, password string) *User {
 // acquires one) and Redis commands and dials through a hook on its client.
 type callCounter struct {
 	s     *Service
-	redis atomic.Int64
-}
-
-var _ redis.Hook = (*callCounter)(nil)
-
-func (c *callCounter) DialHook(next redis.DialHook) redis.DialHook {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c.redis.Add(1)
-		return next(ctx, network, addr)
-	}
-}
-
-func (c *callCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		c.redis.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (c *callCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.redis.Add(int64(len(cmds)))
-		return next(ctx, cmds)
-	}
+	redis testenv.RedisCounter
 }
 
 // countCalls installs a callCounter on s.
 func countCalls(s *Service) *callCounter {
 	c := &callCounter{s: s}
-	s.redis.AddHook(c)
+	s.redis.AddHook(&c.redis)
 	return c
 }
 
 // snapshot returns the calls counted so far.
 func (c *callCounter) snapshot() (db, rds int64) {
-	return c.s.pool.Stat().AcquireCount(), c.redis.Load()
+	return c.s.pool.Stat().AcquireCount(), c.redis.Commands.Load() + c.redis.Dials.Load()
 }
 
 // report adds db_calls/op and redis_calls/op since (db0, rds0) to b.
@@ -275,11 +250,11 @@ func TestEdgeAuthMakesNoNetworkCalls(t *testing.T) {
 	u := testUser(t, s, "edge@example.com", "correct horse battery staple")
 	calls := countCalls(s)
 
-	rds0 := calls.redis.Load()
+	rds0 := calls.redis.Commands.Load()
 	if err := s.redis.Ping(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if calls.redis.Load() == rds0 {
+	if calls.redis.Commands.Load() == rds0 {
 		t.Fatal("the Redis hook did not count a PING")
 	}
 

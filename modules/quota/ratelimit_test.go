@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/atriumhq/atrium/platform/errs"
@@ -22,44 +20,19 @@ import (
 	"github.com/atriumhq/atrium/platform/testenv"
 )
 
-// countHook counts the commands a go-redis client sends and the
-// connections it dials.
-type countHook struct{ cmds, dials atomic.Int64 }
-
-func (h *countHook) DialHook(next redis.DialHook) redis.DialHook {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		h.dials.Add(1)
-		return next(ctx, network, addr)
-	}
-}
-
-func (h *countHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.cmds.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (h *countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.cmds.Add(int64(len(cmds)))
-		return next(ctx, cmds)
-	}
-}
-
 // newTestLimiter returns a Limiter (with its own connections) under
 // prefix, so that several of them are separate instances sharing state,
 // and a hook counting its Redis commands. Skipped under -short.
-func newTestLimiter(tb testing.TB, prefix string, cfg Config) (*Limiter, *countHook) {
+func newTestLimiter(tb testing.TB, prefix string, cfg Config) (*Limiter, *testenv.RedisCounter) {
 	tb.Helper()
 	return newCountedLimiter(tb, testenv.RedisClient(tb, prefix), cfg)
 }
 
-func newCountedLimiter(tb testing.TB, c *redisx.Client, cfg Config) (*Limiter, *countHook) {
+func newCountedLimiter(tb testing.TB, c *redisx.Client, cfg Config) (*Limiter, *testenv.RedisCounter) {
 	tb.Helper()
 	l := NewLimiter(c, cfg)
 	tb.Cleanup(func() { _ = l.Close() })
-	h := &countHook{}
+	h := &testenv.RedisCounter{}
 	l.rdb.AddHook(h)
 	return l, h
 }
@@ -363,7 +336,7 @@ func TestRedisDown(t *testing.T) {
 	if took := time.Since(start); took > time.Second {
 		t.Fatalf("first decision with Redis down took %v", took)
 	}
-	cmds := h.cmds.Load()
+	cmds := h.Commands.Load()
 
 	steps := []struct {
 		name    string
@@ -402,14 +375,14 @@ func TestRedisDown(t *testing.T) {
 			t.Errorf("%s: Err() = %v without retry_after_seconds", s.name, err)
 		}
 	}
-	if got := h.cmds.Load(); got != cmds {
+	if got := h.Commands.Load(); got != cmds {
 		t.Errorf("%d Redis commands tried during the hold-off, want none", got-cmds)
 	}
 
 	clock.Advance(1100 * time.Millisecond)
 	d = mustAllow(t, l, 1, closed)
-	if d.Allowed || errors.Is(d.RedisErr, ErrHeldOff) || h.cmds.Load() == cmds {
-		t.Errorf("after the hold-off: %+v, %d commands; want Redis tried again and the closed rule refusing", d, h.cmds.Load()-cmds)
+	if d.Allowed || errors.Is(d.RedisErr, ErrHeldOff) || h.Commands.Load() == cmds {
+		t.Errorf("after the hold-off: %+v, %d commands; want Redis tried again and the closed rule refusing", d, h.Commands.Load()-cmds)
 	}
 	if got := fallbacks.Load(); got != int64(len(steps))+2 {
 		t.Errorf("observer saw %d fallbacks, want %d", got, len(steps)+2)
@@ -445,7 +418,7 @@ func TestExactAcrossInstances(t *testing.T) {
 	const instances, workers = 3, 8
 	const window = 1500 * time.Millisecond
 	limiters := make([]*Limiter, instances)
-	hooks := make([]*countHook, instances)
+	hooks := make([]*testenv.RedisCounter, instances)
 	for i := range limiters {
 		limiters[i], hooks[i] = newTestLimiter(t, prefix, Config{})
 	}
@@ -481,7 +454,7 @@ func TestExactAcrossInstances(t *testing.T) {
 	over := max(float64(admitted.Load())-bound, 0) / bound * 100
 	var cmds int64
 	for _, h := range hooks {
-		cmds += h.cmds.Load()
+		cmds += h.Commands.Load()
 	}
 	t.Logf("over-admission, %d instances x %d goroutines on one key for %v: admitted %d, bound (rate*window+burst) %.1f, over-admission %.2f%% (target <= 1%%); refused %d by Redis and %d from the denial cache; %d Redis commands",
 		instances, workers, elapsed.Round(time.Millisecond), admitted.Load(), bound, over, refused.Load(), cached.Load(), cmds)
@@ -564,8 +537,8 @@ func TestObserveMode(t *testing.T) {
 	if observed.Load() != would {
 		t.Errorf("observer counted %d would-be refusals, the decisions %d", observed.Load(), would)
 	}
-	if h.cmds.Load() < 10 {
-		t.Errorf("%d Redis commands for 10 decisions: observe rules must not be answered from the denial cache", h.cmds.Load())
+	if h.Commands.Load() < 10 {
+		t.Errorf("%d Redis commands for 10 decisions: observe rules must not be answered from the denial cache", h.Commands.Load())
 	}
 
 	// The would-be refusals consumed nothing: one interval after the burst
@@ -588,7 +561,7 @@ func TestDenialCacheAvoidsRedis(t *testing.T) {
 	if d.Allowed || d.Cached {
 		t.Fatalf("second request: allowed %v cached %v; want refused by Redis", d.Allowed, d.Cached)
 	}
-	cmds := h.cmds.Load()
+	cmds := h.Commands.Load()
 	var last Decision
 	for i := range 50 {
 		last = mustAllow(t, l, 1, rule)
@@ -596,7 +569,7 @@ func TestDenialCacheAvoidsRedis(t *testing.T) {
 			t.Fatalf("request %d: %+v; want refused from the cache", i+3, last)
 		}
 	}
-	if got := h.cmds.Load() - cmds; got != 0 {
+	if got := h.Commands.Load() - cmds; got != 0 {
 		t.Errorf("%d Redis commands for 50 requests over the limit, want 0", got)
 	}
 	if last.Results[0].RetryAfter > d.Results[0].RetryAfter {
@@ -605,11 +578,11 @@ func TestDenialCacheAvoidsRedis(t *testing.T) {
 
 	// At the retry time the key is asked again, and admits.
 	time.Sleep(last.Results[0].RetryAfter + 20*time.Millisecond)
-	cmds = h.cmds.Load()
+	cmds = h.Commands.Load()
 	if d := mustAllow(t, l, 1, rule); !d.Allowed {
 		t.Fatalf("refused after the retry time: %+v", d.Results[0])
 	}
-	if h.cmds.Load() == cmds {
+	if h.Commands.Load() == cmds {
 		t.Error("no Redis command after the retry time")
 	}
 

@@ -59,19 +59,6 @@ func ids(insts []cluster.Instance) []string {
 	return out
 }
 
-// eventually polls cond every 10ms until it holds, failing the test with
-// msg if it does not within d.
-func eventually(t testing.TB, d time.Duration, msg string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", d, msg)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // run starts r.Run in the background and returns a function that stops it
 // and waits for it to return; the test stops it if it is still running.
 func run(t testing.TB, r *cluster.Registry) (stop func()) {
@@ -179,7 +166,7 @@ func TestStoppedInstanceDropsOutAfterTTL(t *testing.T) {
 	if got := ids(list(t, live)); !slices.Contains(got, "crashed") {
 		t.Fatalf("listed %v right after crashed's heartbeat, want it included", got)
 	}
-	eventually(t, 30*interval, "the crashed instance is still listed", func() bool {
+	testenv.Eventually(t, 30*interval, "the crashed instance is still listed", func() bool {
 		return !slices.Contains(ids(list(t, live)), "crashed")
 	})
 	// The instance that keeps beating stays, well past its own TTL.
@@ -198,7 +185,7 @@ func TestRunRemovesInstanceOnStop(t *testing.T) {
 	viewer := registry(t, prefix, "viewer", interval, newChecks(map[string]string{}))
 	stop := run(t, r)
 
-	eventually(t, 5*time.Second, "web-1 never listed", func() bool {
+	testenv.Eventually(t, 5*time.Second, "web-1 never listed", func() bool {
 		return slices.Equal(ids(list(t, viewer)), []string{"web-1"})
 	})
 	stop()

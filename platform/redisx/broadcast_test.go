@@ -106,7 +106,7 @@ func TestBroadcastRoundTrip(t *testing.T) {
 		t.Fatalf("Publish: %v", err)
 	}
 
-	eventually(t, 5*time.Second, "not every message was delivered", func() bool { return len(s.received()) >= len(want) })
+	testenv.Eventually(t, 5*time.Second, "not every message was delivered", func() bool { return len(s.received()) >= len(want) })
 	if got := s.received(); !slices.Equal(got, want) {
 		t.Errorf("received %v, want %v in order", got, want)
 	}
@@ -145,7 +145,7 @@ func TestBroadcastNamesAreSeparate(t *testing.T) {
 	if err := redisx.NewBroadcast[invalidation](c, "tenant-cache").Publish(ctx, marker); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "marker not delivered", func() bool { return len(s.received()) > 0 })
+	testenv.Eventually(t, 5*time.Second, "marker not delivered", func() bool { return len(s.received()) > 0 })
 	if got := s.received(); !slices.Equal(got, []invalidation{marker}) {
 		t.Errorf("received %v, want only %v", got, marker)
 	}

@@ -122,7 +122,7 @@ func TestLeaseExpiry(t *testing.T) {
 
 	old := acquire(t, a)
 	var tok int64
-	eventually(t, 20*ttl, "the lease never expired for another holder", func() bool {
+	testenv.Eventually(t, 20*ttl, "the lease never expired for another holder", func() bool {
 		var err error
 		tok, err = b.Acquire(ctx)
 		if err != nil && !errors.Is(err, redisx.ErrNotHeld) {
@@ -282,7 +282,7 @@ func TestLeaseRunStopsLeadingWhenLeaseLost(t *testing.T) {
 
 	first := tr.next(t, 5*time.Second)
 	var tokB int64
-	eventually(t, 5*time.Second, "inst-b never took the lost lease", func() bool {
+	testenv.Eventually(t, 5*time.Second, "inst-b never took the lost lease", func() bool {
 		// a may renew between DEL and Acquire and so take the lease
 		// back; try again until b wins.
 		if err := ca.Del(ctx, ca.Key("lease", "scheduler")).Err(); err != nil {
@@ -304,7 +304,7 @@ func TestLeaseRunStopsLeadingWhenLeaseLost(t *testing.T) {
 	case <-time.After(10 * ttl):
 		t.Fatal("the old leader's lead context was not cancelled after it lost the lease")
 	}
-	eventually(t, 10*ttl, "inst-a still leads with a token older than inst-b's", func() bool {
+	testenv.Eventually(t, 10*ttl, "inst-a still leads with a token older than inst-b's", func() bool {
 		for _, ev := range tr.leads() {
 			if ev.token < tokB && ev.ctx.Err() == nil {
 				return false

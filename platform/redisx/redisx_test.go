@@ -19,19 +19,6 @@ func connect(t testing.TB, prefix string) *redisx.Client {
 	return c
 }
 
-// eventually polls cond every 10ms until it holds, failing the test with
-// msg if it does not within d.
-func eventually(t testing.TB, d time.Duration, msg string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", d, msg)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestConnectRejectsBadURL(t *testing.T) {
 	if _, err := redisx.Connect(redisx.Options{URL: "http://127.0.0.1:6379"}); err == nil {
 		t.Fatal("Connect accepted an http:// URL")

@@ -2,10 +2,15 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/atriumhq/atrium/platform/redisx"
 )
@@ -59,4 +64,45 @@ func (b *LogBuffer) Lines(t testing.TB) []map[string]any {
 		out = append(out, m)
 	}
 	return out
+}
+
+// RedisCounter is a go-redis hook that counts the commands a client sends
+// (pipelined ones each) and the connections it dials, so tests can prove a
+// path makes no Redis round trip.
+type RedisCounter struct{ Commands, Dials atomic.Int64 }
+
+var _ redis.Hook = (*RedisCounter)(nil)
+
+func (c *RedisCounter) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c.Dials.Add(1)
+		return next(ctx, network, addr)
+	}
+}
+
+func (c *RedisCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.Commands.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *RedisCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.Commands.Add(int64(len(cmds)))
+		return next(ctx, cmds)
+	}
+}
+
+// Eventually polls cond every 10 ms until it holds, failing the test with
+// msg if it does not within d.
+func Eventually(t testing.TB, d time.Duration, msg string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", d, msg)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
