@@ -23,15 +23,7 @@ var csrfInput = regexp.MustCompile(`name="csrf_token" value="([^"]+)"`)
 func uiPage(t testing.TB, c *http.Client, u string) (*http.Response, string) {
 	t.Helper()
 	resp, err := c.Get(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, string(b)
+	return readBody(t, resp, err)
 }
 
 // csrfOf returns the CSRF token a page rendered into its forms.
@@ -48,6 +40,13 @@ func csrfOf(t testing.TB, body string) string {
 func uiPost(t testing.TB, c *http.Client, u string, form url.Values) (*http.Response, string) {
 	t.Helper()
 	resp, err := c.PostForm(u, form)
+	return readBody(t, resp, err)
+}
+
+// readBody fails the test on a request error and returns the response with
+// its whole body, closed.
+func readBody(t testing.TB, resp *http.Response, err error) (*http.Response, string) {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
