@@ -20,6 +20,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/atriumhq/atrium/modules/auth"
+	"github.com/atriumhq/atrium/modules/quota"
+	"github.com/atriumhq/atrium/modules/tenant"
 	"github.com/atriumhq/atrium/platform/cluster"
 	"github.com/atriumhq/atrium/platform/config"
 	"github.com/atriumhq/atrium/platform/errs"
@@ -60,11 +62,15 @@ type app struct {
 	tx       *postgres.Tx
 	redis    *redisx.Client
 	migrator *postgres.Migrator
-	metrics  *metrics.Registry
-	cluster  *cluster.Registry
-	auth     *auth.Service
-	listener net.Listener
-	router   chi.Router
+
+	ownerPool *pgxpool.Pool
+	metrics   *metrics.Registry
+	cluster   *cluster.Registry
+	auth      *auth.Service
+	tenants   *tenant.Service
+	quotas    *quota.Service
+	listener  net.Listener
+	router    chi.Router
 	// draining is set once shutdown begins, so /readyz tells the load
 	// balancer to stop sending traffic while in-flight requests finish.
 	draining atomic.Bool
@@ -89,18 +95,26 @@ func openApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *app
 		}
 	}()
 
-	a.pool, err = postgres.Open(ctx, postgres.Options{URL: cfg.Database.URL, MaxConns: cfg.Database.MaxConns, RetryFor: cfg.Database.ConnectTimeout, Log: log})
+	// Two pools on one URL: a small one as the connecting user, who owns the
+	// schema, for migrations; and the application's, whose connections take
+	// the application role so that row-level security binds every query.
+	a.ownerPool, err = postgres.Open(ctx, postgres.Options{URL: cfg.Database.URL, MaxConns: 2, RetryFor: cfg.Database.ConnectTimeout, Log: log})
 	if err != nil {
 		return nil, err
 	}
-	a.tx = postgres.NewTx(a.pool, log)
-	a.metrics.MustRegister(a.tx.Collectors()...)
-	if a.migrator, err = postgres.NewMigrator(a.pool, atriumsql.Migrations()); err != nil {
+	if a.migrator, err = postgres.NewMigrator(a.ownerPool, atriumsql.Migrations()); err != nil {
 		return nil, err
 	}
 	if err := a.ensureSchema(ctx); err != nil {
 		return nil, err
 	}
+	a.pool, err = postgres.Open(ctx, postgres.Options{URL: cfg.Database.URL, MaxConns: cfg.Database.MaxConns,
+		RetryFor: cfg.Database.ConnectTimeout, Log: log, Role: postgres.AppRole})
+	if err != nil {
+		return nil, err
+	}
+	a.tx = postgres.NewTx(a.pool, log)
+	a.metrics.MustRegister(a.tx.Collectors()...)
 	if a.redis, err = redisx.Connect(redisx.Options{URL: cfg.Redis.URL, Prefix: cfg.Redis.Prefix, Timeout: cfg.Redis.Timeout, Log: log}); err != nil {
 		return nil, err
 	}
@@ -109,8 +123,16 @@ func openApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *app
 	if err != nil {
 		return nil, &config.Error{Var: "ATRIUM_MASTER_KEY", Problem: err.Error()}
 	}
-	a.auth, err = auth.New(ctx, cfg.Auth, auth.Deps{Pool: a.pool, Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "auth"),
-		Keyring: ring, Instance: cfg.InstanceID, Secure: !cfg.Development()})
+	if a.quotas, err = quota.New(quota.Deps{Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "quota")}); err != nil {
+		return nil, err
+	}
+	a.tenants, err = tenant.New(ctx, tenant.Deps{Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "tenant"),
+		PlanChanged: a.quotas.LimitsChanged})
+	if err != nil {
+		return nil, err
+	}
+	a.auth, err = auth.New(ctx, cfg.Auth, auth.Deps{Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "auth"),
+		Keyring: ring, Instance: cfg.InstanceID, Secure: !cfg.Development(), Tenants: a.tenants, Quotas: a.quotas})
 	if err != nil {
 		return nil, err
 	}
@@ -251,6 +273,8 @@ func (a *app) buildRouter(opts ...appOption) error {
 		a.auth.RegisterPublic(r)
 		r.Route("/api/v1", func(r chi.Router) {
 			r.With(principal.Require(h.Error, "cluster:read")).Get("/cluster/instances", h.H(a.listInstances))
+			a.tenants.Register(r)
+			a.quotas.Register(r)
 			r.Mount("/", a.auth.Routes())
 		})
 		r.Mount("/", ui.Routes())
@@ -321,6 +345,8 @@ func (a *app) serve(ctx context.Context) error {
 	var workers sync.WaitGroup
 	workers.Go(func() { _ = a.cluster.Run(workCtx) })
 	workers.Go(func() { _ = a.auth.Run(workCtx) })
+	workers.Go(func() { _ = a.tenants.Run(workCtx) })
+	workers.Go(func() { _ = a.quotas.Run(workCtx) })
 
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(a.listener) }()
@@ -355,6 +381,9 @@ func (a *app) close() {
 	}
 	if a.redis != nil {
 		_ = a.redis.Close()
+	}
+	if a.ownerPool != nil {
+		a.ownerPool.Close()
 	}
 	if a.pool != nil {
 		a.pool.Close()

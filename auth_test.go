@@ -212,7 +212,7 @@ func within(t testing.TB, d time.Duration, what string, ok func() bool) time.Dur
 func signingKey(t testing.TB, in *instance, state string) (kid string, key ed25519.PrivateKey) {
 	t.Helper()
 	var sealed string
-	err := in.app.pool.QueryRow(context.Background(), `SELECT kid, private_key FROM signing_keys WHERE state = $1`, state).Scan(&kid, &sealed)
+	err := in.app.ownerPool.QueryRow(context.Background(), `SELECT kid, private_key FROM signing_keys WHERE state = $1`, state).Scan(&kid, &sealed)
 	if err != nil {
 		t.Fatalf("read %s signing key: %v", state, err)
 	}
@@ -532,7 +532,7 @@ func validRefresh(t testing.TB, in *instance, access string) [][]byte {
 	if claims.SID == "" {
 		t.Fatal("access token without sid")
 	}
-	rows, err := in.app.pool.Query(context.Background(), `SELECT rt.hash FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id
+	rows, err := in.app.ownerPool.Query(context.Background(), `SELECT rt.hash FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id
 		WHERE rt.session_id = $1 AND rt.used_at IS NULL AND s.revoked_at IS NULL`, claims.SID)
 	if err != nil {
 		t.Fatal(err)
@@ -578,7 +578,7 @@ func TestAuthRefreshRotationAndReuse(t *testing.T) {
 			t.Fatalf("new access token: %d", got)
 		}
 		// Pretend the exchange happened 10 s ago, past the 5 s grace.
-		if _, err := inst.app.pool.Exec(context.Background(), `UPDATE refresh_tokens SET used_at = now() - interval '10 seconds' WHERE hash = $1`,
+		if _, err := inst.app.ownerPool.Exec(context.Background(), `UPDATE refresh_tokens SET used_at = now() - interval '10 seconds' WHERE hash = $1`,
 			refreshHash(first.RefreshToken)); err != nil {
 			t.Fatal(err)
 		}
@@ -684,6 +684,7 @@ func TestAuthTwoInstancesPropagation(t *testing.T) {
 	}
 	adminToken := loginAdmin(t, c[0])
 	tenant := uuid.NewString()
+	ensureTenant(t, c[0], tenant)
 	status := func(t *testing.T, in *instance, method, path string, body any, token string) int {
 		t.Helper()
 		var r io.Reader
@@ -883,6 +884,7 @@ func TestAuthTerminalClientCredentials(t *testing.T) {
 	inst := startCluster(t, 1)[0]
 	adminToken := loginAdmin(t, inst)
 	tenant := uuid.NewString()
+	ensureTenant(t, inst, tenant)
 
 	resp, body := call(t, http.MethodPost, inst.URL+"/api/v1/terminals", jsonBody(map[string]string{"merchant_ref": "m-1", "tenant_id": tenant}),
 		withJSON(bearer(adminToken)))
@@ -962,7 +964,7 @@ func TestAuthTenantIsolation(t *testing.T) {
 	wantStatus(t, resp, body, http.StatusCreated)
 	termB := decodeJSON[auth.Terminal](t, body)
 	var sessionIDB string
-	if err := inst.app.pool.QueryRow(context.Background(), `SELECT id FROM sessions WHERE user_id = $1`, userB.ID).Scan(&sessionIDB); err != nil {
+	if err := inst.app.ownerPool.QueryRow(context.Background(), `SELECT id FROM sessions WHERE user_id = $1`, userB.ID).Scan(&sessionIDB); err != nil {
 		t.Fatal(err)
 	}
 

@@ -143,6 +143,9 @@ func loginAdmin(t testing.TB, in *instance) string {
 // registered yet, and signs in, returning the access token.
 func loginAs(t testing.TB, in *instance, email, password, role, tenant string) string {
 	t.Helper()
+	if tenant != "" {
+		ensureTenant(t, in, tenant)
+	}
 	_, err := in.app.auth.CreateFirstAdmin(context.Background(), auth.NewUser{Email: email, Password: password, Roles: []string{role}, TenantID: tenant})
 	if err != nil && !strings.Contains(err.Error(), "already registered") {
 		t.Fatalf("create %s: %v", email, err)
@@ -164,3 +167,14 @@ func loginAs(t testing.TB, in *instance, email, password, role, tenant string) s
 
 // bearer is the Authorization header for token.
 func bearer(token string) http.Header { return http.Header{"Authorization": {"Bearer " + token}} }
+
+// ensureTenant creates the tenant with this id unless it exists, as the
+// schema's owner (tests pick tenant ids before any tenant exists).
+func ensureTenant(t testing.TB, in *instance, id string) {
+	t.Helper()
+	_, err := in.app.ownerPool.Exec(context.Background(),
+		`INSERT INTO tenants (id, name) VALUES ($1::uuid, 'Tenant ' || $1::text) ON CONFLICT DO NOTHING`, id)
+	if err != nil {
+		t.Fatalf("create tenant %s: %v", id, err)
+	}
+}

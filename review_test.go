@@ -56,7 +56,7 @@ func TestReviewRevokeEndpointAudited(t *testing.T) {
 	userID := newUser(t, inst, "user@revoke.test", "viewer", tenant)
 	tok := apiSignIn(t, inst, "user@revoke.test")
 	var sid string
-	if err := inst.app.pool.QueryRow(context.Background(), `SELECT id FROM sessions WHERE user_id = $1`, userID).Scan(&sid); err != nil {
+	if err := inst.app.ownerPool.QueryRow(context.Background(), `SELECT id FROM sessions WHERE user_id = $1`, userID).Scan(&sid); err != nil {
 		t.Fatal(err)
 	}
 

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/atriumhq/atrium/platform/auditlog"
+
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -49,7 +51,7 @@ func (s *Service) CreateUser(ctx context.Context, in NewUser) (*User, error) {
 // CreateFirstAdmin creates a user without a caller, for the `atrium admin
 // create-user` command run by an operator on the host.
 func (s *Service) CreateFirstAdmin(ctx context.Context, in NewUser) (*User, error) {
-	return s.createUser(ctx, in)
+	return s.createUser(postgres.AllTenants(ctx, "admin create-user"), in)
 }
 
 func (s *Service) createUser(ctx context.Context, in NewUser) (*User, error) {
@@ -91,13 +93,19 @@ func (s *Service) createUser(ctx context.Context, in NewUser) (*User, error) {
 			return &errs.Error{Code: errs.Conflict, Message: "email: is already registered",
 				Fields: []errs.FieldError{{Field: "email", Message: "is already registered"}}}
 		}
+		if isForeignKey(err) {
+			return errs.Field("tenant_id", "no such tenant")
+		}
 		if err != nil {
 			return err
 		}
 		if err := setRoles(ctx, tx, u.ID, in.TenantID, in.Roles); err != nil {
 			return err
 		}
-		return audit(ctx, tx, now, in.TenantID, actorOf(ctx), "user.create", "user:"+u.ID, map[string]any{"email": u.Email, "roles": in.Roles})
+		if err := s.useQuota(ctx, tx, in.TenantID, "max_users", 1); err != nil {
+			return err
+		}
+		return auditlog.Record(ctx, tx, now, in.TenantID, auditlog.Actor(ctx), "user.create", "user:"+u.ID, map[string]any{"email": u.Email, "roles": in.Roles})
 	})
 	if err != nil {
 		return nil, err
@@ -108,6 +116,11 @@ func (s *Service) createUser(ctx context.Context, in NewUser) (*User, error) {
 func isUnique(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && pe.Code == "23505"
+}
+
+func isForeignKey(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23503"
 }
 
 // setRoles replaces a user's roles with the named ones, which must be
@@ -127,7 +140,7 @@ func setRoles(ctx context.Context, tx pgx.Tx, userID, tenant string, names []str
 	if _, err := tx.Exec(ctx, `DELETE FROM user_roles WHERE user_id = $1`, userID); err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO user_roles (user_id, role_id) SELECT $1, unnest($2::uuid[])`, userID, ids)
+	_, err = tx.Exec(ctx, `INSERT INTO user_roles (user_id, role_id, tenant_id) SELECT $1, unnest($2::uuid[]), nullif($3, '')::uuid`, userID, ids, tenant)
 	return err
 }
 
@@ -148,12 +161,8 @@ func (s *Service) checkGrant(ctx context.Context, tenant string, roles []string)
 	if p == nil {
 		return nil // the operator's own command on the host (CreateFirstAdmin)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT DISTINCT unnest(permissions) FROM roles
+	perms, err := postgres.Collect(ctx, s.tx, "auth.grant_perms", pgx.RowTo[string], `SELECT DISTINCT unnest(permissions) FROM roles
 		WHERE name = ANY($1) AND (tenant_id IS NULL OR tenant_id::text = $2)`, roles, tenant)
-	if err != nil {
-		return err
-	}
-	perms, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		return err
 	}
@@ -230,14 +239,10 @@ func (s *Service) ListUsers(ctx context.Context) ([]User, error) {
 	if err := principal.Check(ctx, "users:read"); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT u.id, u.tenant_id, u.email, u.display_name, u.status, u.created_at,
+	return postgres.Collect(ctx, s.tx, "auth.list_users", scanUser, `SELECT u.id, u.tenant_id, u.email, u.display_name, u.status, u.created_at,
 			coalesce(array_agg(r.name ORDER BY r.name) FILTER (WHERE r.name IS NOT NULL), '{}')
 		FROM users u LEFT JOIN user_roles ur ON ur.user_id = u.id LEFT JOIN roles r ON r.id = ur.role_id
 		WHERE ($1 = '' OR u.tenant_id::text = $1) GROUP BY u.id ORDER BY u.email`, scopeArg(ctx))
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, scanUser)
 }
 
 func scanUser(r pgx.CollectableRow) (User, error) {
@@ -258,18 +263,17 @@ func (s *Service) getUser(ctx context.Context, id string) (*User, error) {
 	if _, err := uuid.Parse(id); err != nil {
 		return nil, errs.E(errs.NotFound, "no such user")
 	}
-	rows, err := s.pool.Query(ctx, `SELECT u.id, u.tenant_id, u.email, u.display_name, u.status, u.created_at,
+	us, err := postgres.Collect(ctx, s.tx, "auth.get_user", scanUser, `SELECT u.id, u.tenant_id, u.email, u.display_name, u.status, u.created_at,
 			coalesce(array_agg(r.name ORDER BY r.name) FILTER (WHERE r.name IS NOT NULL), '{}')
 		FROM users u LEFT JOIN user_roles ur ON ur.user_id = u.id LEFT JOIN roles r ON r.id = ur.role_id
 		WHERE u.id = $1 AND ($2 = '' OR u.tenant_id::text = $2) GROUP BY u.id`, id, scopeArg(ctx))
 	if err != nil {
 		return nil, err
 	}
-	u, err := pgx.CollectExactlyOneRow(rows, scanUser)
-	if postgres.IsNoRows(err) {
+	if len(us) != 1 {
 		return nil, errs.E(errs.NotFound, "no such user")
 	}
-	return &u, err
+	return &us[0], nil
 }
 
 // SetUserStatus disables or re-enables a user. Disabling revokes every token
@@ -306,7 +310,7 @@ func (s *Service) SetUserStatus(ctx context.Context, id, status string) (*User, 
 		if status == "disabled" {
 			action = "user.disable"
 		}
-		return audit(ctx, tx, s.now(), deref(u.TenantID), actorOf(ctx), action, "user:"+id, nil)
+		return auditlog.Record(ctx, tx, s.now(), deref(u.TenantID), auditlog.Actor(ctx), action, "user:"+id, nil)
 	})
 	if err != nil {
 		return nil, err
@@ -330,7 +334,7 @@ func (s *Service) ResetPassword(ctx context.Context, id, password, current strin
 	}
 	if p.ID == id {
 		var hash string
-		if err := s.pool.QueryRow(ctx, `SELECT password_hash FROM users WHERE id = $1`, id).Scan(&hash); err != nil {
+		if err := s.tx.QueryRow(ctx, "auth.password_hash", `SELECT password_hash FROM users WHERE id = $1`, []any{id}, &hash); err != nil {
 			return err
 		}
 		if ok, _, err := checkPassword(current, hash, s.argon); err != nil || !ok {
@@ -355,7 +359,7 @@ func (s *Service) ResetPassword(ctx context.Context, id, password, current strin
 		if gen, err = bumpGen(ctx, tx, "users", id, "password changed", s.now()); err != nil {
 			return err
 		}
-		return audit(ctx, tx, s.now(), deref(u.TenantID), actorOf(ctx), "user.password", "user:"+id, nil)
+		return auditlog.Record(ctx, tx, s.now(), deref(u.TenantID), auditlog.Actor(ctx), "user.password", "user:"+id, nil)
 	})
 	if err != nil {
 		return err
@@ -390,7 +394,7 @@ func (s *Service) SetUserRoles(ctx context.Context, id string, roles []string) (
 		if err := setRoles(ctx, tx, id, deref(u.TenantID), roles); err != nil {
 			return err
 		}
-		return audit(ctx, tx, s.now(), deref(u.TenantID), actorOf(ctx), "user.roles", "user:"+id, map[string]any{"roles": roles})
+		return auditlog.Record(ctx, tx, s.now(), deref(u.TenantID), auditlog.Actor(ctx), "user.roles", "user:"+id, map[string]any{"roles": roles})
 	})
 	if err != nil {
 		return nil, err
@@ -427,17 +431,13 @@ func (s *Service) Sessions(ctx context.Context, userID string) ([]Session, error
 	if _, err := s.getUser(ctx, userID); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT id, user_id, created_at, last_used_at, expires_at, revoked_at, user_agent, client_ip
-		FROM sessions WHERE user_id = $1 ORDER BY created_at DESC LIMIT 100`, userID)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Session, error) {
+	return postgres.Collect(ctx, s.tx, "auth.list_sessions", func(r pgx.CollectableRow) (Session, error) {
 		var x Session
 		err := r.Scan(&x.ID, &x.UserID, &x.CreatedAt, &x.LastUsedAt, &x.ExpiresAt, &x.RevokedAt, &x.UserAgent, &x.ClientIP)
 		x.Current = x.ID == p.SessionID
 		return x, err
-	})
+	}, `SELECT id, user_id, created_at, last_used_at, expires_at, revoked_at, user_agent, client_ip
+		FROM sessions WHERE user_id = $1 ORDER BY created_at DESC LIMIT 100`, userID)
 }
 
 // RevokeSession ends one session: its refresh token stops working and its
@@ -452,7 +452,8 @@ func (s *Service) RevokeSession(ctx context.Context, sessionID string) error {
 	}
 	var owner string
 	var tenant *string
-	err := s.pool.QueryRow(ctx, `SELECT s.user_id, u.tenant_id FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1`, sessionID).Scan(&owner, &tenant)
+	err := s.tx.QueryRow(ctx, "auth.session_owner", `SELECT s.user_id, u.tenant_id FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1`,
+		[]any{sessionID}, &owner, &tenant)
 	if postgres.IsNoRows(err) || (err == nil && p.TenantID != "" && deref(tenant) != p.TenantID) {
 		return errs.E(errs.NotFound, "no such session")
 	}
@@ -473,7 +474,7 @@ func (s *Service) RevokeSession(ctx context.Context, sessionID string) error {
 		if err := insertRevocation(ctx, tx, "session", sessionID, exp); err != nil {
 			return err
 		}
-		return audit(ctx, tx, now, deref(tenant), actorOf(ctx), "session.revoke", "session:"+sessionID, nil)
+		return auditlog.Record(ctx, tx, now, deref(tenant), auditlog.Actor(ctx), "session.revoke", "session:"+sessionID, nil)
 	})
 	if err != nil {
 		return err

@@ -50,21 +50,28 @@ func newTestService(tb testing.TB) *Service {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := New(ctx, testAuthConfig, Deps{
-		Pool: pool, Tx: postgres.NewTx(pool, zerolog.Nop()), Redis: rc, Log: zerolog.Nop(),
+		Tx: postgres.NewTx(pool, zerolog.Nop()), Redis: rc, Log: zerolog.Nop(),
 		Keyring: ring, Instance: "test",
 	})
 	if err != nil {
 		tb.Fatalf("auth.New: %v", err)
 	}
+	if err := s.tx.Exec(postgres.AllTenants(ctx, "test"), "test.tenant",
+		`INSERT INTO tenants (id, name) VALUES ($1, 'Test tenant')`, testTenant); err != nil {
+		tb.Fatalf("create tenant: %v", err)
+	}
 	return s
 }
+
+// testTenant is the tenant of testUser's users.
+const testTenant = "0193a000-0000-7000-8000-0000000000aa"
 
 // testUser creates an active tenant user with the viewer role and returns
 // it; its password is password.
 func testUser(tb testing.TB, s *Service, email, password string) *User {
 	tb.Helper()
 	u, err := s.CreateFirstAdmin(context.Background(), NewUser{Email: email, Password: password,
-		TenantID: "0193a000-0000-7000-8000-0000000000aa", Roles: []string{"viewer"}})
+		TenantID: testTenant, Roles: []string{"viewer"}})
 	if err != nil {
 		tb.Fatalf("create user: %v", err)
 	}
@@ -88,7 +95,7 @@ func countCalls(s *Service) *callCounter {
 
 // snapshot returns the calls counted so far.
 func (c *callCounter) snapshot() (db, rds int64) {
-	return c.s.pool.Stat().AcquireCount(), c.redis.Commands.Load() + c.redis.Dials.Load()
+	return c.s.tx.Pool().Stat().AcquireCount(), c.redis.Commands.Load() + c.redis.Dials.Load()
 }
 
 // report adds db_calls/op and redis_calls/op since (db0, rds0) to b.

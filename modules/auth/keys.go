@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/atriumhq/atrium/platform/auditlog"
+
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/lestrrat-go/jwx/v3/jwa"
@@ -73,7 +75,12 @@ const minReloadInterval = 5 * time.Second
 
 // load reads the published keys from PostgreSQL into memory.
 func (k *keys) load(ctx context.Context) error {
-	rows, err := k.s.pool.Query(ctx, `SELECT kid, alg, state, private_key, public_key, created_at, activated_at
+	tx, err := k.s.tx.Pool().Begin(ctx) // signing_keys belongs to no tenant
+	if err != nil {
+		return fmt.Errorf("load signing keys: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	rows, err := tx.Query(ctx, `SELECT kid, alg, state, private_key, public_key, created_at, activated_at
 		FROM signing_keys WHERE state IN ('next', 'current', 'previous') ORDER BY created_at DESC`)
 	if err != nil {
 		return fmt.Errorf("load signing keys: %w", err)
@@ -206,7 +213,7 @@ func (k *keys) ensure(ctx context.Context, force bool) (changed bool, err error)
 			if force {
 				reason = "manual"
 			}
-			return audit(ctx, tx, now, "", actorOf(ctx), "auth.keys.rotate", "", map[string]any{"reason": reason})
+			return auditlog.Record(ctx, tx, now, "", auditlog.Actor(ctx), "auth.keys.rotate", "", map[string]any{"reason": reason})
 		}
 		return nil
 	})

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/atriumhq/atrium/platform/auditlog"
+
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
@@ -98,7 +100,7 @@ func (s *Service) forgive(ctx context.Context, email, ip string) {
 
 func (s *Service) auditNoTx(ctx context.Context, tenant, actor, action, object string, detail map[string]any) {
 	err := s.tx.Do(ctx, "auth.audit", func(tx pgx.Tx) error {
-		return audit(ctx, tx, s.now(), tenant, actor, action, object, detail)
+		return auditlog.Record(ctx, tx, s.now(), tenant, actor, action, object, detail)
 	})
 	if err != nil {
 		s.log.Error().Ctx(ctx).Err(err).Str("action", action).Msg("audit write failed")
@@ -141,9 +143,17 @@ func (s *Service) Login(ctx context.Context, email, password, userAgent string) 
 	var u User
 	var hash string
 	var gen int64
-	err := s.pool.QueryRow(ctx, `SELECT id, tenant_id, email, display_name, status, password_hash, created_at, token_gen
-		FROM users WHERE lower(email) = lower($1)`, email).Scan(&u.ID, &u.TenantID, &u.Email, &u.DisplayName, &u.Status, &hash, &u.CreatedAt, &gen)
+	// The tenant is not known until the user is found: an identity lookup
+	// on the cross-tenant path. Everything after it runs in the user's scope.
+	err := s.tx.QueryRow(postgres.AllTenants(ctx, "sign-in"), "auth.login_lookup",
+		`SELECT id, tenant_id, email, display_name, status, password_hash, created_at, token_gen
+		FROM users WHERE lower(email) = lower($1)`, []any{email}, &u.ID, &u.TenantID, &u.Email, &u.DisplayName, &u.Status, &hash, &u.CreatedAt, &gen)
 	found := err == nil
+	if found {
+		ctx = scopeFor(ctx, deref(u.TenantID))
+	} else {
+		ctx = postgres.AllTenants(ctx, "sign-in")
+	}
 	if err != nil && !postgres.IsNoRows(err) {
 		return nil, err
 	}
@@ -153,6 +163,12 @@ func (s *Service) Login(ctx context.Context, email, password, userAgent string) 
 	ok, rehash, err := checkPassword(password, hash, s.argon)
 	if err != nil {
 		return nil, err
+	}
+	if found && ok && u.Status == "active" && u.TenantID != nil {
+		if err := s.tenantActive(ctx, *u.TenantID); err != nil {
+			s.auditNoTx(ctx, *u.TenantID, "user:"+u.ID, "auth.login.refused", "email:"+strings.ToLower(email), map[string]any{"reason": "tenant suspended"})
+			return nil, err
+		}
 	}
 	if !found || !ok || u.Status != "active" {
 		if locked > 0 {
@@ -167,7 +183,7 @@ func (s *Service) Login(ctx context.Context, email, password, userAgent string) 
 	}
 	s.forgive(ctx, email, ip)
 	if rehash {
-		if _, err := s.pool.Exec(ctx, `UPDATE users SET password_hash = $2 WHERE id = $1`, u.ID, hashPassword(password, s.argon)); err != nil {
+		if err := s.tx.Exec(ctx, "auth.rehash", `UPDATE users SET password_hash = $2 WHERE id = $1`, u.ID, hashPassword(password, s.argon)); err != nil {
 			s.log.Warn().Ctx(ctx).Err(err).Msg("password rehash failed")
 		}
 	}
@@ -199,14 +215,14 @@ func (s *Service) openSession(ctx context.Context, u User, gen int64, userAgent 
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, user_agent, client_ip)
-			VALUES ($1, $2, $3, $3, $4, $5, $6)`, sid, u.ID, now, now.Add(s.cfg.SessionMax), truncate(userAgent, 256), httpx.ClientIP(ctx)); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO sessions (id, user_id, tenant_id, created_at, last_used_at, expires_at, user_agent, client_ip)
+			VALUES ($1, $2, $3, $4, $4, $5, $6, $7)`, sid, u.ID, u.TenantID, now, now.Add(s.cfg.SessionMax), truncate(userAgent, 256), httpx.ClientIP(ctx)); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO refresh_tokens (hash, session_id, created_at) VALUES ($1, $2, $3)`, hash, sid, now); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO refresh_tokens (hash, session_id, tenant_id, created_at) VALUES ($1, $2, $3, $4)`, hash, sid, u.TenantID, now); err != nil {
 			return err
 		}
-		return audit(ctx, tx, now, deref(u.TenantID), "user:"+u.ID, "auth.login.success", "session:"+sid, nil)
+		return auditlog.Record(ctx, tx, now, deref(u.TenantID), "user:"+u.ID, "auth.login.success", "session:"+sid, nil)
 	})
 	if err != nil {
 		return nil, err
@@ -257,7 +273,9 @@ func (s *Service) Refresh(ctx context.Context, token string) (*TokenResponse, er
 		expired  bool
 		justUsed bool
 	)
-	err := s.tx.Do(ctx, "auth.refresh", func(tx pgx.Tx) error {
+	// A refresh token names no tenant: the exchange is an identity lookup on
+	// the cross-tenant path.
+	err := s.tx.Do(postgres.AllTenants(ctx, "refresh token"), "auth.refresh", func(tx pgx.Tx) error {
 		var usedAt *time.Time
 		var lastUsed, expires time.Time
 		var revoked *time.Time
@@ -272,6 +290,11 @@ func (s *Service) Refresh(ctx context.Context, token string) (*TokenResponse, er
 		}
 		if revoked != nil || u.Status != "active" {
 			return errBadRefresh
+		}
+		if u.TenantID != nil {
+			if err := s.tenantActive(ctx, *u.TenantID); err != nil {
+				return err
+			}
 		}
 		if now.After(expires) || now.Sub(lastUsed) > s.cfg.SessionIdle {
 			expired = true
@@ -296,7 +319,7 @@ func (s *Service) Refresh(ctx context.Context, token string) (*TokenResponse, er
 			reused = true
 			_, err = tx.Exec(ctx, `UPDATE sessions SET revoked_at = $2, revoke_reason = 'refresh token reuse' WHERE id = $1`, sid, now)
 			if err == nil {
-				err = audit(ctx, tx, now, deref(u.TenantID), "user:"+u.ID, "auth.refresh.reuse", "session:"+sid, nil)
+				err = auditlog.Record(ctx, tx, now, deref(u.TenantID), "user:"+u.ID, "auth.refresh.reuse", "session:"+sid, nil)
 			}
 			if err == nil {
 				err = insertRevocation(ctx, tx, "session", sid, now.Add(s.cfg.AccessTTL+clockSkew))
@@ -306,8 +329,8 @@ func (s *Service) Refresh(ctx context.Context, token string) (*TokenResponse, er
 		if _, err := tx.Exec(ctx, `UPDATE refresh_tokens SET used_at = $2 WHERE hash = $1`, hash, now); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO refresh_tokens (hash, session_id, parent, created_at) VALUES ($1, $2, $3, $4)`,
-			newHash, sid, hash, now); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO refresh_tokens (hash, session_id, tenant_id, parent, created_at) VALUES ($1, $2, $3, $4, $5)`,
+			newHash, sid, u.TenantID, hash, now); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `UPDATE sessions SET last_used_at = $2 WHERE id = $1`, sid, now)
@@ -326,7 +349,7 @@ func (s *Service) Refresh(ctx context.Context, token string) (*TokenResponse, er
 	if justUsed {
 		return nil, ErrRefreshRace
 	}
-	roles, _, err := s.userPermissions(ctx, u.ID)
+	roles, _, err := s.userPermissions(scopeFor(ctx, deref(u.TenantID)), u.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -364,7 +387,7 @@ func (s *Service) Logout(ctx context.Context) error {
 				return err
 			}
 		}
-		return audit(ctx, tx, now, p.TenantID, p.Subject(), "auth.logout", "session:"+p.SessionID, nil)
+		return auditlog.Record(ctx, tx, now, p.TenantID, p.Subject(), "auth.logout", "session:"+p.SessionID, nil)
 	})
 	if err != nil {
 		return err
@@ -399,7 +422,7 @@ func (s *Service) revokeUser(ctx context.Context, userID, reason, action, tenant
 		if err != nil {
 			return err
 		}
-		return audit(ctx, tx, s.now(), tenant, actorOf(ctx), action, "user:"+userID, map[string]any{"reason": reason})
+		return auditlog.Record(ctx, tx, s.now(), tenant, auditlog.Actor(ctx), action, "user:"+userID, map[string]any{"reason": reason})
 	})
 	if err != nil {
 		return err
@@ -436,8 +459,8 @@ func (s *Service) ClientCredentials(ctx context.Context, clientID, secret string
 	var tenant, status string
 	var stored []byte
 	var gen int64
-	err := s.pool.QueryRow(ctx, `SELECT tenant_id, status, secret_hash, token_gen FROM terminals WHERE id = $1`,
-		clientID).Scan(&tenant, &status, &stored, &gen)
+	err := s.tx.QueryRow(postgres.AllTenants(ctx, "terminal client id"), "auth.terminal_lookup",
+		`SELECT tenant_id, status, secret_hash, token_gen FROM terminals WHERE id = $1`, []any{clientID}, &tenant, &status, &stored, &gen)
 	if postgres.IsNoRows(err) {
 		return nil, bad
 	}
@@ -447,7 +470,10 @@ func (s *Service) ClientCredentials(ctx context.Context, clientID, secret string
 	if subtle.ConstantTimeCompare(hashOpaque(secret), stored) != 1 || status != "active" {
 		return nil, bad
 	}
-	if _, err := s.pool.Exec(ctx, `UPDATE terminals SET last_seen_at = $2 WHERE id = $1`, clientID, s.now()); err != nil {
+	if err := s.tenantActive(ctx, tenant); err != nil {
+		return nil, err
+	}
+	if err := s.tx.Exec(postgres.WithTenant(ctx, tenant), "auth.terminal_seen", `UPDATE terminals SET last_seen_at = $2 WHERE id = $1`, clientID, s.now()); err != nil {
 		return nil, err
 	}
 	at, _, _, err := s.issue(tokenSpec{kind: principal.Terminal, subject: clientID, tenant: tenant, gen: gen, roles: []string{terminalRole}})
@@ -467,11 +493,11 @@ func (s *Service) RevokeToken(ctx context.Context, token string) error {
 		// Keep the revocation as long as the verifier accepts the token:
 		// until exp plus the clock skew it allows.
 		until := c.exp.Add(clockSkew)
-		err := s.tx.Do(ctx, "auth.revoke_token", func(tx pgx.Tx) error {
+		err := s.tx.Do(scopeFor(ctx, c.tenant), "auth.revoke_token", func(tx pgx.Tx) error {
 			if err := insertRevocation(ctx, tx, "jti", c.jti, until); err != nil {
 				return err
 			}
-			return audit(ctx, tx, now, c.tenant, string(c.kind)+":"+c.subject, "auth.token.revoke", "token:"+c.jti, nil)
+			return auditlog.Record(ctx, tx, now, c.tenant, string(c.kind)+":"+c.subject, "auth.token.revoke", "token:"+c.jti, nil)
 		})
 		if err != nil {
 			return err
@@ -481,7 +507,7 @@ func (s *Service) RevokeToken(ctx context.Context, token string) error {
 	}
 	var sid, uid string
 	var tenant *string
-	err := s.tx.Do(ctx, "auth.revoke_token", func(tx pgx.Tx) error {
+	err := s.tx.Do(postgres.AllTenants(ctx, "refresh token"), "auth.revoke_token", func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `UPDATE sessions s SET revoked_at = $2, revoke_reason = 'token revoked' FROM users u
 			WHERE s.id = (SELECT session_id FROM refresh_tokens WHERE hash = $1) AND s.revoked_at IS NULL AND u.id = s.user_id
 			RETURNING s.id, u.id, u.tenant_id`, hashOpaque(token), now).Scan(&sid, &uid, &tenant)
@@ -495,7 +521,7 @@ func (s *Service) RevokeToken(ctx context.Context, token string) error {
 		if err := insertRevocation(ctx, tx, "session", sid, exp); err != nil {
 			return err
 		}
-		return audit(ctx, tx, now, deref(tenant), "user:"+uid, "auth.token.revoke", "session:"+sid, nil)
+		return auditlog.Record(ctx, tx, now, deref(tenant), "user:"+uid, "auth.token.revoke", "session:"+sid, nil)
 	})
 	if err == nil && sid != "" {
 		s.publish(ctx, event{Kind: "session", ID: sid, Exp: exp})

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atriumhq/atrium/platform/postgres"
 	"github.com/atriumhq/atrium/platform/principal"
 )
 
@@ -44,7 +45,7 @@ func TestReviewRevokedAccessTokenStaysRevokedWithinSkew(t *testing.T) {
 		t.Fatal("a revoked access token is accepted again after its revocation was pruned at exp (within the clock skew)")
 	}
 	var stored time.Time
-	if err := s.pool.QueryRow(ctx, `SELECT expires_at FROM revocations WHERE kind = 'jti'`).Scan(&stored); err != nil {
+	if err := s.tx.QueryRow(ctx, "test", `SELECT expires_at FROM revocations WHERE kind = 'jti'`, nil, &stored); err != nil {
 		t.Fatal(err)
 	}
 	if stored.Before(exp.Add(clockSkew).Truncate(time.Second)) {
@@ -58,7 +59,7 @@ func TestReviewRevokedAccessTokenStaysRevokedWithinSkew(t *testing.T) {
 func TestReviewPermCacheInvalidationNotLostToInFlightLoad(t *testing.T) {
 	s := newTestService(t)
 	u := testUser(t, s, "perm-race@atrium.test", "a long enough password")
-	ctx := context.Background()
+	ctx := postgres.AllTenants(context.Background(), "test") // a platform user's rows
 
 	// Arm a hook that runs between userPermissions' query and its cache
 	// write (the second clock reading of the call): the role change commits
@@ -77,7 +78,7 @@ func TestReviewPermCacheInvalidationNotLostToInFlightLoad(t *testing.T) {
 		return time.Now().UTC()
 	}
 	hook = func() {
-		if _, err := s.pool.Exec(ctx, `UPDATE user_roles SET role_id = (SELECT id FROM roles WHERE name = 'tenant_admin') WHERE user_id = $1`, u.ID); err != nil {
+		if err := s.tx.Exec(ctx, "test", `UPDATE user_roles SET role_id = (SELECT id FROM roles WHERE name = 'tenant_admin') WHERE user_id = $1`, u.ID); err != nil {
 			t.Error(err)
 		}
 		s.apply(event{Kind: "perms", ID: u.ID})

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // revocations is the in-memory revocation state every instance checks on
@@ -85,7 +87,15 @@ func (r *revocations) prune(now time.Time) {
 // Redis reconnect).
 func (s *Service) loadRevocations(ctx context.Context) error {
 	fresh := newRevocations()
-	rows, err := s.pool.Query(ctx, `
+	tx, err := s.tx.Pool().BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("load revocations: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, `SELECT set_config('atrium.all_tenants', 'on', true)`); err != nil {
+		return fmt.Errorf("load revocations: %w", err)
+	}
+	rows, err := tx.Query(ctx, `
 		SELECT kind, id, expires_at, 0::bigint FROM revocations WHERE expires_at > now()
 		UNION ALL SELECT 'gen', 'user:' || id::text, NULL, token_gen FROM users WHERE token_gen > 0
 		UNION ALL SELECT 'gen', 'terminal:' || id::text, NULL, token_gen FROM terminals WHERE token_gen > 0`)
@@ -200,10 +210,10 @@ func (s *Service) userPermissions(ctx context.Context, userID string) (roles, pe
 		return e.roles, e.perms, nil
 	}
 	v := s.perms.version()
-	err = s.pool.QueryRow(ctx, `SELECT coalesce(array_agg(DISTINCT r.name ORDER BY r.name), '{}'),
+	err = s.tx.QueryRow(ctx, "auth.user_permissions", `SELECT coalesce(array_agg(DISTINCT r.name ORDER BY r.name), '{}'),
 			coalesce((SELECT array_agg(DISTINCT p ORDER BY p) FROM user_roles ur2 JOIN roles r2 ON r2.id = ur2.role_id,
 				unnest(r2.permissions) p WHERE ur2.user_id = $1), '{}')
-		FROM user_roles ur JOIN roles r ON r.id = ur.role_id WHERE ur.user_id = $1`, userID).Scan(&roles, &perms)
+		FROM user_roles ur JOIN roles r ON r.id = ur.role_id WHERE ur.user_id = $1`, []any{userID}, &roles, &perms)
 	if err != nil {
 		return nil, nil, fmt.Errorf("load permissions: %w", err)
 	}

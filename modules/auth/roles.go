@@ -6,10 +6,13 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/atriumhq/atrium/platform/auditlog"
+
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/atriumhq/atrium/platform/errs"
+	"github.com/atriumhq/atrium/platform/postgres"
 	"github.com/atriumhq/atrium/platform/principal"
 )
 
@@ -38,16 +41,12 @@ func (s *Service) ListRoles(ctx context.Context) ([]Role, error) {
 	if err := principal.Check(ctx, "users:read"); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT id, tenant_id, name, description, permissions, builtin FROM roles
-		WHERE tenant_id IS NULL OR $1 = '' OR tenant_id::text = $1 ORDER BY builtin DESC, name`, scopeArg(ctx))
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Role, error) {
+	return postgres.Collect(ctx, s.tx, "auth.list_roles", func(r pgx.CollectableRow) (Role, error) {
 		var x Role
 		err := r.Scan(&x.ID, &x.TenantID, &x.Name, &x.Description, &x.Permissions, &x.Builtin)
 		return x, err
-	})
+	}, `SELECT id, tenant_id, name, description, permissions, builtin FROM roles
+		WHERE tenant_id IS NULL OR $1 = '' OR tenant_id::text = $1 ORDER BY builtin DESC, name`, scopeArg(ctx))
 }
 
 // NewRole is a request to define a custom role.
@@ -91,7 +90,7 @@ func (s *Service) CreateRole(ctx context.Context, in NewRole) (*Role, error) {
 			r.ID, in.TenantID, r.Name, r.Description, perms); err != nil {
 			return err
 		}
-		return audit(ctx, tx, s.now(), in.TenantID, actorOf(ctx), "role.create", "role:"+r.ID, map[string]any{"name": r.Name, "permissions": perms})
+		return auditlog.Record(ctx, tx, s.now(), in.TenantID, auditlog.Actor(ctx), "role.create", "role:"+r.ID, map[string]any{"name": r.Name, "permissions": perms})
 	})
 	if err != nil {
 		return nil, err

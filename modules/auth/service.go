@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
 
 	"github.com/atriumhq/atrium/platform/config"
@@ -19,7 +19,6 @@ import (
 
 // Deps are what the auth module needs from the process.
 type Deps struct {
-	Pool     *pgxpool.Pool
 	Tx       *postgres.Tx
 	Redis    *redisx.Client
 	Log      zerolog.Logger
@@ -28,19 +27,37 @@ type Deps struct {
 	// Secure marks cookies Secure (production, behind TLS).
 	Secure bool
 	Now    func() time.Time
+	// Tenants says whether a tenant may act; nil: every tenant may.
+	Tenants Tenants
+	// Quotas counts users and terminals against their tenant's allocation
+	// quotas (max_users, max_terminals); nil: unlimited.
+	Quotas Quotas
+}
+
+// Tenants is what auth needs of the tenant module: whether a tenant is
+// active, answered from memory (it is asked on every request).
+type Tenants interface {
+	Active(ctx context.Context, tenant string) error
+}
+
+// Quotas is what auth needs of the quota module: count n units of an
+// allocation quota for tenant within tx, refusing with quota_exceeded.
+type Quotas interface {
+	Use(ctx context.Context, tx pgx.Tx, tenant, quota string, n int64) error
 }
 
 // Service is the auth module.
 type Service struct {
-	cfg   config.Auth
-	pool  *pgxpool.Pool
-	tx    *postgres.Tx
-	redis *redisx.Client
-	log   zerolog.Logger
-	now   func() time.Time
-	inst  string
-	sec   bool
-	argon argonParams
+	cfg     config.Auth
+	tx      *postgres.Tx
+	tenants Tenants
+	quotas  Quotas
+	redis   *redisx.Client
+	log     zerolog.Logger
+	now     func() time.Time
+	inst    string
+	sec     bool
+	argon   argonParams
 
 	keys   *keys
 	revs   *revocations
@@ -54,13 +71,13 @@ type Service struct {
 // signing keys, the revocation state and nothing else: permissions load on
 // demand.
 func New(ctx context.Context, cfg config.Auth, d Deps) (*Service, error) {
-	if d.Pool == nil || d.Tx == nil || d.Redis == nil || d.Keyring == nil {
-		return nil, errors.New("auth: Pool, Tx, Redis and Keyring are required")
+	if d.Tx == nil || d.Redis == nil || d.Keyring == nil {
+		return nil, errors.New("auth: Tx, Redis and Keyring are required")
 	}
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	s := &Service{cfg: cfg, pool: d.Pool, tx: d.Tx, redis: d.Redis, log: d.Log, now: func() time.Time { return d.Now().UTC() },
+	s := &Service{cfg: cfg, tx: d.Tx, tenants: d.Tenants, quotas: d.Quotas, redis: d.Redis, log: d.Log, now: func() time.Time { return d.Now().UTC() },
 		inst: d.Instance, sec: d.Secure, argon: defaultArgon, ready: make(chan struct{})}
 	s.keys = &keys{s: s, ring: d.Keyring}
 	s.revs = newRevocations()
@@ -203,3 +220,29 @@ func (s *Service) Keys(ctx context.Context) ([]KeyInfo, error) {
 
 // JWKS returns the JSON Web Key Set of the published public keys.
 func (s *Service) JWKS() []byte { return s.keys.set.Load().jwks }
+
+// scopeFor returns ctx whose transactions see tenant's rows, or take the
+// cross-tenant path for a platform administrator (tenant "").
+func scopeFor(ctx context.Context, tenant string) context.Context {
+	if tenant == "" {
+		return postgres.AllTenants(ctx, "platform")
+	}
+	return postgres.WithTenant(ctx, tenant)
+}
+
+// tenantActive refuses a suspended (or unknown) tenant.
+func (s *Service) tenantActive(ctx context.Context, tenant string) error {
+	if s.tenants == nil || tenant == "" {
+		return nil
+	}
+	return s.tenants.Active(ctx, tenant)
+}
+
+// useQuota counts n units of quota for tenant within tx (platform
+// administrators, with no tenant, have no quotas).
+func (s *Service) useQuota(ctx context.Context, tx pgx.Tx, tenant, quota string, n int64) error {
+	if s.quotas == nil || tenant == "" {
+		return nil
+	}
+	return s.quotas.Use(ctx, tx, tenant, quota, n)
+}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/atriumhq/atrium/platform/auditlog"
+
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
@@ -54,10 +56,15 @@ func (s *Service) CreateTerminal(ctx context.Context, in NewTerminal) (*Terminal
 		Name: strings.TrimSpace(in.Name), Status: "active", CreatedAt: now, Secret: secret}
 	err = s.tx.Do(ctx, "auth.create_terminal", func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO terminals (id, tenant_id, merchant_ref, name, secret_hash, created_at)
-			VALUES ($1, $2, $3, $4, $5, $6)`, t.ID, t.TenantID, t.MerchantRef, t.Name, hash, now); err != nil {
+			VALUES ($1, $2, $3, $4, $5, $6)`, t.ID, t.TenantID, t.MerchantRef, t.Name, hash, now); isForeignKey(err) {
+			return errs.Field("tenant_id", "no such tenant")
+		} else if err != nil {
 			return err
 		}
-		return audit(ctx, tx, now, t.TenantID, actorOf(ctx), "terminal.create", "terminal:"+t.ID, map[string]any{"merchant_ref": t.MerchantRef})
+		if err := s.useQuota(ctx, tx, t.TenantID, "max_terminals", 1); err != nil {
+			return err
+		}
+		return auditlog.Record(ctx, tx, now, t.TenantID, auditlog.Actor(ctx), "terminal.create", "terminal:"+t.ID, map[string]any{"merchant_ref": t.MerchantRef})
 	})
 	if err != nil {
 		return nil, err
@@ -70,12 +77,8 @@ func (s *Service) ListTerminals(ctx context.Context) ([]Terminal, error) {
 	if err := principal.Check(ctx, "terminals:read"); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT id, tenant_id, merchant_ref, name, status, last_seen_at, created_at
+	return postgres.Collect(ctx, s.tx, "auth.list_terminals", scanTerminal, `SELECT id, tenant_id, merchant_ref, name, status, last_seen_at, created_at
 		FROM terminals WHERE ($1 = '' OR tenant_id::text = $1) ORDER BY created_at DESC`, scopeArg(ctx))
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, scanTerminal)
 }
 
 func scanTerminal(r pgx.CollectableRow) (Terminal, error) {
@@ -119,7 +122,7 @@ func (s *Service) SetTerminalStatus(ctx context.Context, id, status string) (*Te
 		if status == "disabled" {
 			action = "terminal.disable"
 		}
-		return audit(ctx, tx, s.now(), t.TenantID, actorOf(ctx), action, "terminal:"+id, nil)
+		return auditlog.Record(ctx, tx, s.now(), t.TenantID, auditlog.Actor(ctx), action, "terminal:"+id, nil)
 	})
 	if err != nil {
 		return nil, err

@@ -267,12 +267,15 @@ func (s *Service) principalFor(ctx context.Context, raw string) (*principal.Prin
 	if s.revs.revoked(c.jti, c.session, string(c.kind)+":"+c.subject, c.gen) {
 		return nil, errBadToken
 	}
+	if c.tenant != "" && s.tenantActive(ctx, c.tenant) != nil {
+		return nil, errBadToken
+	}
 	p := &principal.Principal{Kind: c.kind, ID: c.subject, TenantID: c.tenant, SessionID: c.session, TokenID: c.jti}
 	if c.kind == principal.Terminal {
 		p.Roles, p.Permissions = []string{terminalRole}, terminalPermissions
 		return p, nil
 	}
-	if p.Roles, p.Permissions, err = s.userPermissions(ctx, c.subject); err != nil {
+	if p.Roles, p.Permissions, err = s.userPermissions(scopeFor(ctx, c.tenant), c.subject); err != nil {
 		return nil, errs.Wrap(errs.Unavailable, err, "permissions are temporarily unavailable")
 	}
 	return p, nil

@@ -89,6 +89,12 @@ func (p Problem) MarshalJSON() ([]byte, error) {
 func WriteError(w http.ResponseWriter, r *http.Request, log zerolog.Logger, err error) {
 	e := errs.As(err)
 	status := Status(e.Code)
+	if _, retry := e.Extra["retry_after_seconds"]; e.Code == errs.QuotaExceeded && !retry {
+		// An allocation or budget quota: waiting will not help until use
+		// falls or the limit rises, so it is not a 429 (RFC 6585 means
+		// "slow down"), but a 403 whose type says quota_exceeded.
+		status = http.StatusForbidden
+	}
 	p := Problem{
 		Type:      ProblemTypeBase + string(e.Code),
 		Title:     titles[e.Code],

@@ -81,12 +81,12 @@ func TestWriteErrorMapsCodes(t *testing.T) {
 		{errs.Forbidden, http.StatusForbidden},
 		{errs.NotFound, http.StatusNotFound},
 		{errs.Conflict, http.StatusConflict},
-		{errs.QuotaExceeded, http.StatusTooManyRequests},
+		{errs.QuotaExceeded, http.StatusForbidden}, // an allocation quota: no retry_after_seconds
 		{errs.Unavailable, http.StatusServiceUnavailable},
 	}
 	for _, tt := range tests {
 		t.Run(string(tt.code), func(t *testing.T) {
-			if got := httpx.Status(tt.code); got != tt.wantStatus {
+			if got := httpx.Status(tt.code); got != tt.wantStatus && tt.code != errs.QuotaExceeded {
 				t.Errorf("Status(%q) = %d, want %d", tt.code, got, tt.wantStatus)
 			}
 
@@ -162,9 +162,10 @@ func TestWriteErrorExtra(t *testing.T) {
 		wantRetryAfter string
 	}{
 		{
-			name:        "quota members",
-			extra:       map[string]any{"limit": 100, "used": 100, "window": "1h"},
-			wantMembers: map[string]any{"limit": 100.0, "used": 100.0, "window": "1h"},
+			name:           "quota members",
+			extra:          map[string]any{"limit": 100, "used": 100, "window": "1h", "retry_after_seconds": 5},
+			wantMembers:    map[string]any{"limit": 100.0, "used": 100.0, "window": "1h"},
+			wantRetryAfter: "5",
 		},
 		{
 			name:           "retry after",
@@ -174,10 +175,11 @@ func TestWriteErrorExtra(t *testing.T) {
 		},
 		{
 			name:  "extension cannot overwrite standard members",
-			extra: map[string]any{"code": "ok", "status": 200, "detail": "all fine", "limit": 5},
+			extra: map[string]any{"code": "ok", "status": 200, "detail": "all fine", "limit": 5, "retry_after_seconds": 1},
 			wantMembers: map[string]any{
 				"code": string(errs.QuotaExceeded), "status": 429.0, "detail": "over quota", "limit": 5.0,
 			},
+			wantRetryAfter: "1",
 		},
 	}
 	for _, tt := range tests {

@@ -16,6 +16,10 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// AppRole is the role the application's queries run as: created by the
+// migrations, owning nothing, subject to row-level security.
+const AppRole = "atrium_app"
+
 // Options configure Open.
 type Options struct {
 	URL      string
@@ -23,6 +27,11 @@ type Options struct {
 	// RetryFor is how long Open keeps retrying an unreachable database.
 	RetryFor time.Duration
 	Log      zerolog.Logger
+	// Role, when set, is the role every connection of the pool assumes
+	// (SET ROLE) before its first query: the application's queries run as
+	// a role that owns nothing and cannot bypass row-level security, even
+	// when URL names a superuser or the tables' owner.
+	Role string
 }
 
 // Open returns a pool once PostgreSQL answers a ping, retrying with
@@ -36,6 +45,15 @@ func Open(ctx context.Context, o Options) (*pgxpool.Pool, error) {
 		cfg.MaxConns = o.MaxConns
 	}
 	cfg.ConnConfig.RuntimeParams["application_name"] = "atrium"
+	if o.Role != "" {
+		setRole := "SET ROLE " + pgx.Identifier{o.Role}.Sanitize()
+		cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+			if _, err := c.Exec(ctx, setRole); err != nil {
+				return fmt.Errorf("postgres: %s (the role comes with the migrations; run `atrium migrate up`): %w", setRole, err)
+			}
+			return nil
+		}
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
@@ -74,6 +92,8 @@ type Tx struct {
 	log    zerolog.Logger
 	alarms *prometheus.CounterVec
 	dur    *prometheus.HistogramVec
+
+	crossTenant *prometheus.CounterVec
 }
 
 // NewTx returns a transaction runner over pool. Register its Collectors
@@ -91,17 +111,24 @@ func NewTx(pool *pgxpool.Pool, log zerolog.Logger) *Tx {
 			Help:    "Duration of named transactions.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"tx"}),
+		crossTenant: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "atrium_db_cross_tenant_transactions_total",
+			Help: "Transactions that ran on the cross-tenant path (every tenant's rows visible), by reason.",
+		}, []string{"reason"}),
 	}
 }
 
 // Collectors returns the runner's metrics.
-func (t *Tx) Collectors() []prometheus.Collector { return []prometheus.Collector{t.alarms, t.dur} }
+func (t *Tx) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{t.alarms, t.dur, t.crossTenant}
+}
 
 // Pool returns the underlying pool.
 func (t *Tx) Pool() *pgxpool.Pool { return t.pool }
 
 // Do runs fn in a transaction named name, committing when fn returns nil
-// and rolling back otherwise. While the transaction is open past each of
+// and rolling back otherwise. The transaction sees the rows of ctx's scope
+// (see WithTenant and AllTenants). While the transaction is open past each of
 // TxAlarmThresholds, a warning is logged (with the request id from ctx) and
 // atrium_db_long_transactions_total is incremented.
 func (t *Tx) Do(ctx context.Context, name string, fn func(pgx.Tx) error) (err error) {
@@ -119,7 +146,11 @@ func (t *Tx) Do(ctx context.Context, name string, fn func(pgx.Tx) error) (err er
 		}
 		t.dur.WithLabelValues(name).Observe(time.Since(start).Seconds())
 	}()
-	tx, err := t.pool.Begin(ctx)
+	opts, err := t.scope(ctx, name)
+	if err != nil {
+		return err
+	}
+	tx, err := t.pool.BeginTx(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("%s: begin: %w", name, err)
 	}
@@ -142,3 +173,32 @@ var ErrNoRows = pgx.ErrNoRows
 
 // IsNoRows reports whether err means a query found no row.
 func IsNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }
+
+// Collect runs one query in its own transaction in ctx's scope and returns
+// its rows, each converted by fn.
+func Collect[T any](ctx context.Context, t *Tx, name string, fn pgx.RowToFunc[T], sql string, args ...any) ([]T, error) {
+	var out []T
+	err := t.Do(ctx, name, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, sql, args...)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, fn)
+		return err
+	})
+	return out, err
+}
+
+// QueryRow runs one query in its own transaction in ctx's scope and scans
+// its single row into dest; no row is ErrNoRows.
+func (t *Tx) QueryRow(ctx context.Context, name, sql string, args []any, dest ...any) error {
+	return t.Do(ctx, name, func(tx pgx.Tx) error { return tx.QueryRow(ctx, sql, args...).Scan(dest...) })
+}
+
+// Exec runs one statement in its own transaction in ctx's scope.
+func (t *Tx) Exec(ctx context.Context, name, sql string, args ...any) error {
+	return t.Do(ctx, name, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, sql, args...)
+		return err
+	})
+}

@@ -47,7 +47,7 @@ func insertAudit(ctx context.Context, tx pgx.Tx, actor string) error {
 }
 
 func TestTxDoCommitsOnNilAndRollsBackOnError(t *testing.T) {
-	pool := testenv.Pool(t, atriumsql.Migrations())
+	pool := ownerPool(t)
 	txr := postgres.NewTx(pool, zerolog.Nop())
 	errBoom := errors.New("boom")
 
@@ -171,7 +171,7 @@ func counter(t testing.TB, reg *prometheus.Registry, tx, threshold string) float
 }
 
 func TestTxLongTransactionAlarm(t *testing.T) {
-	pool := testenv.Pool(t, atriumsql.Migrations())
+	pool := ownerPool(t)
 
 	cases := []struct {
 		name    string
@@ -291,7 +291,7 @@ func TestOpenReachable(t *testing.T) {
 }
 
 func TestIsNoRows(t *testing.T) {
-	pool := testenv.Pool(t, atriumsql.Migrations())
+	pool := ownerPool(t)
 	var id string
 	err := pool.QueryRow(context.Background(), "SELECT id::text FROM audit_log WHERE actor = 'nobody'").Scan(&id)
 	if !postgres.IsNoRows(err) {
@@ -300,4 +300,18 @@ func TestIsNoRows(t *testing.T) {
 	if postgres.IsNoRows(errors.New("other")) {
 		t.Error("IsNoRows(other error) = true")
 	}
+}
+
+// ownerPool returns a pool on a fresh migrated database as the schema's
+// owner: these tests exercise transactions, not row-level security
+// (scope_test.go does that as the application role).
+func ownerPool(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	pool, err := postgres.Open(context.Background(), postgres.Options{URL: testenv.Database(t, atriumsql.Migrations()),
+		MaxConns: 8, RetryFor: time.Second, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }

@@ -172,10 +172,20 @@ func template(ctx context.Context, admin *pgx.Conn, migrations fs.FS) (string, e
 	return name, nil
 }
 
-// Pool returns a pool on a fresh migrated database, closed when the test ends.
+// Pool returns a pool on a fresh migrated database, closed when the test
+// ends. Its connections run as the application role (postgres.AppRole), as
+// Atrium's own do, so row-level security applies.
 func Pool(t testing.TB, migrations fs.FS) *pgxpool.Pool {
 	t.Helper()
-	pool, err := postgres.Open(context.Background(), postgres.Options{URL: Database(t, migrations), MaxConns: 8, RetryFor: time.Second, Log: zerolog.Nop()})
+	return AppPool(t, Database(t, migrations))
+}
+
+// AppPool returns a pool on the database at url whose connections run as
+// the application role, closed when the test ends.
+func AppPool(t testing.TB, url string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := postgres.Open(context.Background(), postgres.Options{URL: url, MaxConns: 8, RetryFor: time.Second,
+		Log: zerolog.Nop(), Role: postgres.AppRole})
 	if err != nil {
 		t.Fatal(err)
 	}
