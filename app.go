@@ -240,7 +240,7 @@ func (a *app) buildRouter(opts ...appOption) error {
 	if err != nil {
 		return &config.Error{Var: "ATRIUM_HTTP_TRUSTED_PROXIES", Problem: err.Error()}
 	}
-	ui, err := web.New(web.Deps{Cluster: a.cluster, Auth: a.auth, Log: logging.Module(a.log, "web"), Version: version,
+	ui, err := web.New(web.Deps{Cluster: a.cluster, Auth: a.auth, Tenants: a.tenants, Quotas: a.quotas, Log: logging.Module(a.log, "web"), Version: version,
 		InstanceID: a.cfg.InstanceID, Env: a.cfg.Env})
 	if err != nil {
 		return err

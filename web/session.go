@@ -29,8 +29,10 @@ type page struct {
 type navItem struct {
 	Label, Href string
 	// Perm is the permission the page needs; without it the item is hidden.
-	Perm   string
-	Active bool
+	Perm string
+	// TenantOnly hides the item from platform users, who belong to no tenant.
+	TenantOnly bool
+	Active     bool
 }
 
 type navSection struct {
@@ -43,7 +45,9 @@ type navSection struct {
 var sections = []navSection{
 	{Heading: "Platform", Items: []navItem{
 		{Label: "Overview", Href: "/ui/overview", Perm: "cluster:read"},
-		{Label: "Payments"}, {Label: "Tenants"}, {Label: "Quotas"}, {Label: "GPUs"}, {Label: "Deployments"},
+		{Label: "Tenants", Href: "/ui/tenants", Perm: "tenants:manage"},
+		{Label: "Quotas", Href: "/ui/quotas", TenantOnly: true},
+		{Label: "Payments"}, {Label: "GPUs"}, {Label: "Deployments"},
 	}},
 	{Heading: "Access", Items: []navItem{
 		{Label: "Users", Href: "/ui/users", Perm: "users:read"},
@@ -59,7 +63,7 @@ func nav(p *principal.Principal, active string) []navSection {
 	for _, s := range sections {
 		sec := navSection{Heading: s.Heading}
 		for _, it := range s.Items {
-			if it.Perm != "" && !p.Has(it.Perm) {
+			if it.Perm != "" && !p.Has(it.Perm) || it.TenantOnly && (p == nil || p.TenantID == "") {
 				continue
 			}
 			it.Active = it.Label == active

@@ -30,6 +30,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/atriumhq/atrium/modules/auth"
+	"github.com/atriumhq/atrium/modules/quota"
+	"github.com/atriumhq/atrium/modules/tenant"
 	"github.com/atriumhq/atrium/platform/cluster"
 	"github.com/atriumhq/atrium/platform/httpx"
 	"github.com/atriumhq/atrium/platform/principal"
@@ -51,7 +53,10 @@ type Deps struct {
 	Cluster ClusterLister
 	// Auth signs people in and serves what the access pages show; its own
 	// permission checks decide what each user may see and do.
-	Auth       *auth.Service
+	Auth *auth.Service
+	// Tenants and Quotas serve the tenant and quota pages.
+	Tenants    *tenant.Service
+	Quotas     *quota.Service
 	Log        zerolog.Logger
 	Version    string
 	InstanceID string
@@ -69,8 +74,8 @@ type UI struct {
 
 // New parses the templates and fingerprints the static assets.
 func New(d Deps) (*UI, error) {
-	if d.Cluster == nil || d.Auth == nil {
-		return nil, fmt.Errorf("web: Cluster and Auth are required")
+	if d.Cluster == nil || d.Auth == nil || d.Tenants == nil || d.Quotas == nil {
+		return nil, fmt.Errorf("web: Cluster, Auth, Tenants and Quotas are required")
 	}
 	if d.Now == nil {
 		d.Now = time.Now
@@ -97,7 +102,7 @@ func New(d Deps) (*UI, error) {
 	if err != nil {
 		return nil, fmt.Errorf("web: %w", err)
 	}
-	for _, page := range []string{"overview", "login", "error", "users", "user", "sessions", "terminals", "terminal", "settings", "audit"} {
+	for _, page := range []string{"overview", "login", "error", "users", "user", "sessions", "terminals", "terminal", "settings", "audit", "tenants", "tenant"} {
 		t, err := template.Must(layout.Clone()).ParseFS(templateFS, "templates/"+page+".html")
 		if err != nil {
 			return nil, fmt.Errorf("web: %s: %w", page, err)
@@ -166,6 +171,13 @@ func (u *UI) Routes() http.Handler {
 		r.Get("/ui/settings", u.settings)
 		r.Post("/ui/settings/keys/rotate", u.rotateKeys)
 		r.Get("/ui/audit", u.audit)
+		r.Get("/ui/tenants", u.tenants)
+		r.Post("/ui/tenants", u.createTenant)
+		r.Get("/ui/tenants/{id}", u.tenant)
+		r.Post("/ui/tenants/{id}", u.updateTenant)
+		r.Post("/ui/tenants/{id}/status", u.setTenantStatus)
+		r.Post("/ui/tenants/{id}/quotas/{quota}", u.setQuota)
+		r.Get("/ui/quotas", u.quotas)
 	})
 	return r
 }
