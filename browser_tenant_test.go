@@ -13,14 +13,7 @@ func TestBrowserTenantsAndQuotas(t *testing.T) {
 	in := startCluster(t, 1)[0]
 	loginAdmin(t, in)
 	ctx, problems := browser(t)
-	text := func(sel string) string {
-		t.Helper()
-		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
-		if err != nil {
-			t.Fatalf("text of %s: %v", sel, err)
-		}
-		return strings.TrimSpace(s)
-	}
+	text := textOf(t, ctx)
 
 	err := chromedp.Do(ctx,
 		chromedp.Navigate(in.URL+"/ui/login"),

@@ -104,6 +104,19 @@ func fillSignIn(email, password string) chromedp.Action[chromedp.Void] {
 	)
 }
 
+// textOf returns a function that reads the trimmed text of the element a
+// CSS selector finds, failing the test when there is none.
+func textOf(t *testing.T, ctx context.Context) func(sel string) string {
+	return func(sel string) string {
+		t.Helper()
+		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+		if err != nil {
+			t.Fatalf("text of %s: %v", sel, err)
+		}
+		return strings.TrimSpace(s)
+	}
+}
+
 // location is the path and query of the page the browser shows.
 func location(t *testing.T, ctx context.Context) string {
 	t.Helper()
@@ -176,14 +189,7 @@ func TestBrowserAuthFlows(t *testing.T) {
 	loginAdmin(t, in)
 	ensureTenant(t, in, "0193a000-0000-7000-8000-0000000000aa")
 	ctx, problems := browser(t)
-	text := func(sel string) string {
-		t.Helper()
-		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
-		if err != nil {
-			t.Fatalf("text of %s: %v", sel, err)
-		}
-		return strings.TrimSpace(s)
-	}
+	text := textOf(t, ctx)
 
 	// Sign in and see the dashboard, with who is signed in.
 	err := chromedp.Do(ctx,
