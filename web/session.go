@@ -29,8 +29,10 @@ type page struct {
 type navItem struct {
 	Label, Href string
 	// Perm is the permission the page needs; without it the item is hidden.
-	Perm   string
-	Active bool
+	Perm string
+	// Members shows the item to every member of a tenant, whatever Perm.
+	Members bool
+	Active  bool
 }
 
 type navSection struct {
@@ -51,6 +53,11 @@ var sections = []navSection{
 		{Label: "Audit log", Href: "/ui/audit", Perm: "audit:read"},
 		{Label: "Settings", Href: "/ui/settings", Perm: "auth:keys"},
 	}},
+	// A tenant's members see their tenant's usage; platform administrators
+	// (quotas:manage) every tenant's.
+	{Heading: "Metering", Items: []navItem{
+		{Label: "Usage", Href: "/ui/usage", Perm: "quotas:manage", Members: true},
+	}},
 }
 
 // nav is the navigation as p may use it, with active marked.
@@ -59,7 +66,7 @@ func nav(p *principal.Principal, active string) []navSection {
 	for _, s := range sections {
 		sec := navSection{Heading: s.Heading}
 		for _, it := range s.Items {
-			if it.Perm != "" && !p.Has(it.Perm) {
+			if it.Perm != "" && !p.Has(it.Perm) && !(it.Members && p != nil && p.TenantID != "") {
 				continue
 			}
 			it.Active = it.Label == active
