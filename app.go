@@ -69,6 +69,7 @@ type app struct {
 	auth      *auth.Service
 	tenants   *tenant.Service
 	quotas    *quota.Service
+	meter     *quota.Meter
 	listener  net.Listener
 	router    chi.Router
 	// draining is set once shutdown begins, so /readyz tells the load
@@ -126,6 +127,11 @@ func openApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *app
 	if a.quotas, err = quota.New(quota.Deps{Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "quota")}); err != nil {
 		return nil, err
 	}
+	if a.meter, err = quota.NewMeter(quota.MeterConfig{PushInterval: cfg.Usage.PushInterval, FlushInterval: cfg.Usage.FlushInterval},
+		quota.MeterDeps{Tx: a.tx, Redis: a.redis, Quotas: a.quotas, Log: logging.Module(log, "usage")}); err != nil {
+		return nil, err
+	}
+	a.metrics.MustRegister(a.meter.Collectors()...)
 	a.tenants, err = tenant.New(ctx, tenant.Deps{Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "tenant"),
 		PlanChanged: a.quotas.LimitsChanged})
 	if err != nil {
@@ -240,8 +246,8 @@ func (a *app) buildRouter(opts ...appOption) error {
 	if err != nil {
 		return &config.Error{Var: "ATRIUM_HTTP_TRUSTED_PROXIES", Problem: err.Error()}
 	}
-	ui, err := web.New(web.Deps{Cluster: a.cluster, Auth: a.auth, Tenants: a.tenants, Quotas: a.quotas, Log: logging.Module(a.log, "web"), Version: version,
-		InstanceID: a.cfg.InstanceID, Env: a.cfg.Env})
+	ui, err := web.New(web.Deps{Cluster: a.cluster, Auth: a.auth, Tenants: a.tenants, Quotas: a.quotas, Usage: a.meter,
+		Log: logging.Module(a.log, "web"), Version: version, InstanceID: a.cfg.InstanceID, Env: a.cfg.Env})
 	if err != nil {
 		return err
 	}
@@ -255,6 +261,7 @@ func (a *app) buildRouter(opts ...appOption) error {
 		httpx.SecurityHeaders(!a.cfg.Development()),
 		httpx.BodyLimit(a.cfg.HTTP.BodyLimit),
 		a.auth.Authenticate(h.Error),
+		a.meter.CountAPICalls,
 	)
 	r.NotFound(h.H(func(w http.ResponseWriter, r *http.Request) error {
 		return errs.E(errs.NotFound, "no route for %s %s", r.Method, r.URL.Path)
@@ -275,6 +282,7 @@ func (a *app) buildRouter(opts ...appOption) error {
 			r.With(principal.Require(h.Error, "cluster:read")).Get("/cluster/instances", h.H(a.listInstances))
 			a.tenants.Register(r)
 			a.quotas.Register(r)
+			a.meter.Register(r)
 			r.Mount("/", a.auth.Routes())
 		})
 		r.Mount("/", ui.Routes())
@@ -347,6 +355,7 @@ func (a *app) serve(ctx context.Context) error {
 	workers.Go(func() { _ = a.auth.Run(workCtx) })
 	workers.Go(func() { _ = a.tenants.Run(workCtx) })
 	workers.Go(func() { _ = a.quotas.Run(workCtx) })
+	workers.Go(func() { _ = a.meter.Run(workCtx) })
 
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(a.listener) }()

@@ -232,7 +232,7 @@ func TestConcurrentStartsMigrateOnce(t *testing.T) {
 func TestUnreachableDatabaseFailsWithAClearMessage(t *testing.T) {
 	testenv.Integration(t)
 	cfg := testConfig("postgres://postgres@127.0.0.1:1/atrium?sslmode=disable", "x", "nodb")
-	cfg.Database.ConnectTimeout = 800 * time.Millisecond
+	cfg.Database.ConnectTimeout = 2 * time.Second // room for several attempts on a loaded machine
 	start := time.Now()
 	_, err := newApp(context.Background(), cfg, zerolog.Nop())
 	if err == nil || !strings.Contains(err.Error(), "unreachable") {

@@ -187,7 +187,7 @@ func TestBrowserClusterOverviewIsLive(t *testing.T) {
 func TestBrowserAuthFlows(t *testing.T) {
 	in := startCluster(t, 1)[0]
 	loginAdmin(t, in)
-	ensureTenant(t, in, "0193a000-0000-7000-8000-0000000000aa")
+	ensureTenant(t, in, "0193a000-0000-7000-8000-0000000000aa") // the terminal below is registered in it
 	ctx, problems := browser(t)
 	text := textOf(t, ctx)
 

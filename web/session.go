@@ -32,7 +32,9 @@ type navItem struct {
 	Perm string
 	// TenantOnly hides the item from platform users, who belong to no tenant.
 	TenantOnly bool
-	Active     bool
+	// Members shows the item to every member of a tenant, whatever Perm.
+	Members bool
+	Active  bool
 }
 
 type navSection struct {
@@ -55,6 +57,11 @@ var sections = []navSection{
 		{Label: "Audit log", Href: "/ui/audit", Perm: "audit:read"},
 		{Label: "Settings", Href: "/ui/settings", Perm: "auth:keys"},
 	}},
+	// A tenant's members see their tenant's usage; platform administrators
+	// (quotas:manage) every tenant's.
+	{Heading: "Metering", Items: []navItem{
+		{Label: "Usage", Href: "/ui/usage", Perm: "quotas:manage", Members: true},
+	}},
 }
 
 // nav is the navigation as p may use it, with active marked.
@@ -63,7 +70,8 @@ func nav(p *principal.Principal, active string) []navSection {
 	for _, s := range sections {
 		sec := navSection{Heading: s.Heading}
 		for _, it := range s.Items {
-			if it.Perm != "" && !p.Has(it.Perm) || it.TenantOnly && (p == nil || p.TenantID == "") {
+			if it.Perm != "" && !p.Has(it.Perm) && !(it.Members && p != nil && p.TenantID != "") ||
+				it.TenantOnly && (p == nil || p.TenantID == "") {
 				continue
 			}
 			it.Active = it.Label == active

@@ -62,6 +62,8 @@ type Deps struct {
 	InstanceID string
 	Env        string
 	Now        func() time.Time
+	// Usage, when set, serves the usage pages.
+	Usage *quota.Meter
 }
 
 // UI serves the admin pages.
@@ -109,6 +111,9 @@ func New(d Deps) (*UI, error) {
 		}
 		u.pages[page] = t
 	}
+	if err := u.parsePages(layout, usagePages...); err != nil {
+		return nil, err
+	}
 	return u, nil
 }
 
@@ -155,6 +160,8 @@ func (u *UI) Routes() http.Handler {
 		r.Use(u.requireUser)
 		r.Get("/ui/overview", u.overview)
 		r.Get("/ui/overview/live", u.overviewLive)
+		r.Get("/ui/usage", u.usage)
+		r.Get("/ui/tenants/{id}/usage", u.tenantUsage)
 		r.Get("/ui/users", u.users)
 		r.Post("/ui/users", u.createUser)
 		r.Get("/ui/users/{id}", u.user)

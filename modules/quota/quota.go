@@ -222,14 +222,15 @@ func exceeded(d Def, limit, used, reserved int64) error {
 }
 
 // take adds n units of quota to tenant's use inside tx, as reserved or as
-// used, refusing when the limit would be passed. It is atomic under
-// concurrency: the conditional UPDATE re-reads the row after waiting for
-// its lock, so concurrent takers from any instance serialise on it.
-func (s *Service) take(ctx context.Context, tx pgx.Tx, tenant string, d Def, n int64, reserve, check bool) (string, error) {
+// used, refusing when the limit would be passed; at picks the budget
+// period. It is atomic under concurrency: the conditional UPDATE re-reads
+// the row after waiting for its lock, so concurrent takers from any
+// instance serialise on it.
+func (s *Service) take(ctx context.Context, tx pgx.Tx, tenant string, d Def, n int64, reserve, check bool, at time.Time) (string, error) {
 	if n <= 0 {
 		return "", errs.Field("amount", "must be positive")
 	}
-	per := period(d, s.now())
+	per := period(d, at)
 	var limit *int64
 	if err := tx.QueryRow(ctx, `SELECT coalesce(
 			(SELECT value FROM quota_overrides WHERE tenant_id = $1 AND quota = $2),
@@ -290,7 +291,7 @@ func (s *Service) Use(ctx context.Context, tx pgx.Tx, tenant, quota string, n in
 	if err != nil {
 		return err
 	}
-	_, err = s.take(ctx, tx, tenant, d, n, false, true)
+	_, err = s.take(ctx, tx, tenant, d, n, false, true, s.now())
 	return err
 }
 
@@ -299,11 +300,18 @@ func (s *Service) Use(ctx context.Context, tx pgx.Tx, tenant, quota string, n in
 // use past the limit shows as over budget and refuses the next Use or
 // Reserve.
 func (s *Service) Consume(ctx context.Context, tx pgx.Tx, tenant, quota string, n int64) error {
+	return s.consumeAt(ctx, tx, tenant, quota, n, s.now())
+}
+
+// consumeAt is Consume for use that happened at t: it counts in t's budget
+// period (the metering flush charges a day's GPU time to that day's month,
+// even when the flush runs after midnight on the 1st).
+func (s *Service) consumeAt(ctx context.Context, tx pgx.Tx, tenant, quota string, n int64, t time.Time) error {
 	d, err := s.def(quota, Budget)
 	if err != nil {
 		return err
 	}
-	_, err = s.take(ctx, tx, tenant, d, n, false, false)
+	_, err = s.take(ctx, tx, tenant, d, n, false, false, t.UTC())
 	return err
 }
 
@@ -345,7 +353,7 @@ func (s *Service) Reserve(ctx context.Context, tenant, quota string, n int64, tt
 	r := &Reservation{ID: uuid.Must(uuid.NewV7()).String(), TenantID: tenant, Quota: quota, Amount: n, State: "reserved",
 		ExpiresAt: s.now().Add(ttl)}
 	err = s.tx.Do(postgres.WithTenant(ctx, tenant), "quota.reserve", func(tx pgx.Tx) error {
-		per, err := s.take(ctx, tx, tenant, d, n, true, true)
+		per, err := s.take(ctx, tx, tenant, d, n, true, true, s.now())
 		if err != nil {
 			return err
 		}

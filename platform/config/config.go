@@ -38,6 +38,13 @@ type Config struct {
 	Redis    Redis
 	Log      Log
 	Auth     Auth
+	Usage    Usage
+}
+
+// Usage configures usage metering (modules/quota/metering.go).
+type Usage struct {
+	PushInterval  time.Duration `envconfig:"PUSH_INTERVAL" default:"1s" desc:"how often an instance pushes its usage counts from memory to Redis; an instance that dies loses at most this much of its counts"`
+	FlushInterval time.Duration `envconfig:"FLUSH_INTERVAL" default:"10s" desc:"how often each instance flushes usage counts from Redis to PostgreSQL; losing Redis loses at most this much (plus the push interval) of counts"`
 }
 
 // Auth configures authentication: tokens, sessions and signing keys.
@@ -239,6 +246,12 @@ func (c Config) Validate() error {
 	}
 	if c.Auth.KeyRotation < time.Hour {
 		return &Error{Var: "ATRIUM_AUTH_KEY_ROTATION", Problem: "must be at least 1h"}
+	}
+	if c.Usage.PushInterval < 100*time.Millisecond || c.Usage.PushInterval > 10*time.Second {
+		return &Error{Var: "ATRIUM_USAGE_PUSH_INTERVAL", Problem: "must be between 100ms and 10s"}
+	}
+	if c.Usage.FlushInterval < time.Second || c.Usage.FlushInterval > time.Hour {
+		return &Error{Var: "ATRIUM_USAGE_FLUSH_INTERVAL", Problem: "must be between 1s and 1h"}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -114,6 +114,7 @@ func TestLoadDefaults(t *testing.T) {
 			SessionMax:  12 * time.Hour,
 			KeyRotation: 30 * 24 * time.Hour,
 		},
+		Usage: config.Usage{PushInterval: time.Second, FlushInterval: 10 * time.Second},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Load() =\n%+v\nwant\n%+v", c, want)
@@ -269,6 +270,13 @@ func TestValidate(t *testing.T) {
 		{"key rotation minimum", map[string]string{"ATRIUM_AUTH_KEY_ROTATION": "1h"}, "", ""},
 		{"key rotation too short", map[string]string{"ATRIUM_AUTH_KEY_ROTATION": "59m"}, "ATRIUM_AUTH_KEY_ROTATION", "at least 1h"},
 		{"key rotation zero", map[string]string{"ATRIUM_AUTH_KEY_ROTATION": "0s"}, "ATRIUM_AUTH_KEY_ROTATION", "at least 1h"},
+
+		{"usage intervals minimum", map[string]string{"ATRIUM_USAGE_PUSH_INTERVAL": "100ms", "ATRIUM_USAGE_FLUSH_INTERVAL": "1s"}, "", ""},
+		{"usage intervals maximum", map[string]string{"ATRIUM_USAGE_PUSH_INTERVAL": "10s", "ATRIUM_USAGE_FLUSH_INTERVAL": "1h"}, "", ""},
+		{"usage push too often", map[string]string{"ATRIUM_USAGE_PUSH_INTERVAL": "99ms"}, "ATRIUM_USAGE_PUSH_INTERVAL", "between 100ms and 10s"},
+		{"usage push too rare", map[string]string{"ATRIUM_USAGE_PUSH_INTERVAL": "11s"}, "ATRIUM_USAGE_PUSH_INTERVAL", "between 100ms and 10s"},
+		{"usage flush zero", map[string]string{"ATRIUM_USAGE_FLUSH_INTERVAL": "0s"}, "ATRIUM_USAGE_FLUSH_INTERVAL", "between 1s and 1h"},
+		{"usage flush too rare", map[string]string{"ATRIUM_USAGE_FLUSH_INTERVAL": "2h"}, "ATRIUM_USAGE_FLUSH_INTERVAL", "between 1s and 1h"},
 
 		{"log level debug", map[string]string{"ATRIUM_LOG_LEVEL": "debug"}, "", ""},
 		{"log level unknown", map[string]string{"ATRIUM_LOG_LEVEL": "verbose"}, "ATRIUM_LOG_LEVEL", `must be debug, info, warn or error, got "verbose"`},
@@ -620,12 +628,14 @@ func TestVarsKeysAreRead(t *testing.T) {
 		"ATRIUM_LOG_FORMAT":               "json",
 		"ATRIUM_MASTER_KEY":               "k2:" + otherMasterKey + ",k1:" + testMasterKey,
 		// Durations as time.Duration prints them, so that Vars reports the sample.
-		"ATRIUM_AUTH_ISSUER":       "https://atrium.example.com",
-		"ATRIUM_AUTH_AUDIENCE":     "other-api",
-		"ATRIUM_AUTH_ACCESS_TTL":   "15m0s",
-		"ATRIUM_AUTH_SESSION_IDLE": "45m0s",
-		"ATRIUM_AUTH_SESSION_MAX":  "24h0m0s",
-		"ATRIUM_AUTH_KEY_ROTATION": "168h0m0s",
+		"ATRIUM_AUTH_ISSUER":          "https://atrium.example.com",
+		"ATRIUM_AUTH_AUDIENCE":        "other-api",
+		"ATRIUM_AUTH_ACCESS_TTL":      "15m0s",
+		"ATRIUM_AUTH_SESSION_IDLE":    "45m0s",
+		"ATRIUM_AUTH_SESSION_MAX":     "24h0m0s",
+		"ATRIUM_AUTH_KEY_ROTATION":    "168h0m0s",
+		"ATRIUM_USAGE_PUSH_INTERVAL":  "500ms",
+		"ATRIUM_USAGE_FLUSH_INTERVAL": "30s",
 	}
 	base, err := load(t, nil)
 	if err != nil {
