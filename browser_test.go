@@ -187,7 +187,8 @@ func TestBrowserClusterOverviewIsLive(t *testing.T) {
 func TestBrowserAuthFlows(t *testing.T) {
 	in := startCluster(t, 1)[0]
 	loginAdmin(t, in)
-	ensureTenant(t, in, "0193a000-0000-7000-8000-0000000000aa") // the terminal below is registered in it
+	const terminalTenant = "0193a000-0000-7000-8000-0000000000aa"
+	ensureTenant(t, in, terminalTenant) // terminals belong to an existing tenant
 	ctx, problems := browser(t)
 	text := textOf(t, ctx)
 
@@ -210,7 +211,7 @@ func TestBrowserAuthFlows(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(`#create-terminal`)),
 		chromedp.SendKeys(chromedp.CSS(`#create-terminal input[name="merchant_ref"]`), "shop-42"),
 		chromedp.SendKeys(chromedp.CSS(`#create-terminal input[name="name"]`), "Front till"),
-		chromedp.SendKeys(chromedp.CSS(`#create-terminal input[name="tenant_id"]`), "0193a000-0000-7000-8000-0000000000aa"),
+		chromedp.SendKeys(chromedp.CSS(`#create-terminal input[name="tenant_id"]`), terminalTenant),
 		chromedp.Click(chromedp.CSS(`#create-terminal button[type="submit"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`[data-testid="client-secret"]`)),
 	)

@@ -387,8 +387,9 @@ func (s *Service) settle(ctx context.Context, tenant, id, to string) error {
 	return s.tx.Do(postgres.WithTenant(ctx, tenant), "quota."+to, func(tx pgx.Tx) error {
 		var quota, per, state string
 		var amount int64
-		err := tx.QueryRow(ctx, `SELECT quota, period, amount, state FROM quota_reservations WHERE id = $1 FOR UPDATE`, id).
-			Scan(&quota, &per, &amount, &state)
+		var expires time.Time
+		err := tx.QueryRow(ctx, `SELECT quota, period, amount, state, expires_at FROM quota_reservations WHERE id = $1 FOR UPDATE`, id).
+			Scan(&quota, &per, &amount, &state, &expires)
 		if postgres.IsNoRows(err) {
 			return errs.E(errs.NotFound, "no such reservation")
 		}
@@ -401,6 +402,10 @@ func (s *Service) settle(ctx context.Context, tenant, id, to string) error {
 			return nil
 		case state == "released":
 			return errs.E(errs.Conflict, "the reservation was released")
+		case state == "reserved" && to == "committed" && !s.now().Before(expires):
+			// Expired: the sweep releases it within 30 s; until then it
+			// may be released, not committed.
+			return errs.E(errs.Conflict, "the reservation expired")
 		case state == "reserved" && to == "committed":
 			q = `reserved = reserved - $4, used = used + $4`
 		case state == "reserved" && to == "released":

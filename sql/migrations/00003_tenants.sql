@@ -94,10 +94,19 @@ CREATE INDEX sessions_tenant ON sessions (tenant_id);
 CREATE INDEX refresh_tokens_tenant ON refresh_tokens (tenant_id);
 
 -- The policies. (SELECT f()) runs the function once per statement.
+--
+-- Rows that more than one tenant reads (a tenant's own row, built-in
+-- roles, plans) are read through a FOR SELECT policy and written only on
+-- the cross-tenant path: a USING clause that let a tenant see such a row
+-- would also let it UPDATE or DELETE it (a DELETE of a built-in role
+-- cascades to every tenant's user_roles), since WITH CHECK binds only the
+-- new row.
 ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
 ALTER TABLE tenants FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tenants
-    USING (id = (SELECT atrium_tenant()) OR (SELECT atrium_all_tenants()))
+CREATE POLICY tenant_isolation ON tenants FOR SELECT
+    USING (id = (SELECT atrium_tenant()));
+CREATE POLICY cross_tenant ON tenants
+    USING ((SELECT atrium_all_tenants()))
     WITH CHECK ((SELECT atrium_all_tenants()));
 
 -- Built-in roles (tenant_id NULL) are visible to every tenant; only the
@@ -105,8 +114,19 @@ CREATE POLICY tenant_isolation ON tenants
 ALTER TABLE roles ENABLE ROW LEVEL SECURITY;
 ALTER TABLE roles FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON roles
-    USING (tenant_id IS NULL OR tenant_id = (SELECT atrium_tenant()) OR (SELECT atrium_all_tenants()))
+    USING (tenant_id = (SELECT atrium_tenant()) OR (SELECT atrium_all_tenants()))
     WITH CHECK (tenant_id = (SELECT atrium_tenant()) OR (SELECT atrium_all_tenants()));
+CREATE POLICY builtin_roles ON roles FOR SELECT
+    USING (tenant_id IS NULL);
+
+-- Plans are every tenant's to read; only the cross-tenant path writes them.
+ALTER TABLE plans ENABLE ROW LEVEL SECURITY;
+ALTER TABLE plans FORCE ROW LEVEL SECURITY;
+CREATE POLICY plans_read ON plans FOR SELECT
+    USING (true);
+CREATE POLICY cross_tenant ON plans
+    USING ((SELECT atrium_all_tenants()))
+    WITH CHECK ((SELECT atrium_all_tenants()));
 
 -- +goose StatementBegin
 DO $$
@@ -132,6 +152,7 @@ GRANT SELECT, INSERT ON audit_log TO atrium_app;
 -- +goose Down
 REVOKE ALL ON users, roles, user_roles, terminals, sessions, refresh_tokens, signing_keys, revocations,
     audit_log FROM atrium_app;
+DROP POLICY builtin_roles ON roles;
 -- +goose StatementBegin
 DO $$
 DECLARE t text;

@@ -37,7 +37,11 @@ CREATE TABLE quota_reservations (
 CREATE INDEX quota_reservations_tenant ON quota_reservations (tenant_id);
 CREATE INDEX quota_reservations_expiry ON quota_reservations (expires_at) WHERE state = 'reserved';
 
--- Users and terminals that exist already count against their quotas.
+-- Users and terminals that exist already count against their quotas. The
+-- owner running this is bound by forced row-level security too (unless a
+-- superuser), so the backfill reads and writes on the cross-tenant path
+-- (transaction-local: goose runs each migration in a transaction).
+SELECT set_config('atrium.all_tenants', 'on', true);
 INSERT INTO quota_usage (tenant_id, quota, used)
 SELECT tenant_id, 'max_users', count(*) FROM users WHERE tenant_id IS NOT NULL GROUP BY tenant_id;
 INSERT INTO quota_usage (tenant_id, quota, used)

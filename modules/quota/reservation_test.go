@@ -1,0 +1,133 @@
+package quota
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/rs/zerolog"
+
+	"github.com/atriumhq/atrium/platform/errs"
+	"github.com/atriumhq/atrium/platform/postgres"
+	"github.com/atriumhq/atrium/platform/testenv"
+	atriumsql "github.com/atriumhq/atrium/sql"
+)
+
+// TestReservationExpiry: the sweep (expireReservations, every 30 s on
+// each instance) releases held reservations past their expiry in every
+// tenant, giving their units back, and leaves committed and unexpired ones
+// alone; an expired reservation cannot be committed, before the sweep or
+// after it, and releasing it again is a no-op.
+func TestReservationExpiry(t *testing.T) {
+	ctx := context.Background()
+	url := testenv.Database(t, atriumsql.Migrations())
+	owner, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = owner.Close(context.Background()) })
+	var offset atomic.Int64 // the service's clock, relative to the real one
+	s, err := New(Deps{Tx: postgres.NewTx(testenv.AppPool(t, url), zerolog.Nop()), Redis: testenv.RedisClient(t, testenv.RedisPrefix(t)),
+		Log: zerolog.Nop(), Now: func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tenantA, tenantB := uuid.NewString(), uuid.NewString()
+	for _, id := range []string{tenantA, tenantB} {
+		if _, err := owner.Exec(ctx, `INSERT INTO tenants (id, name) VALUES ($1, $2)`, id, "Tenant "+id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	usage := func(tenant string) (used, reserved int64) {
+		t.Helper()
+		if err := owner.QueryRow(ctx, `SELECT used, reserved FROM quota_usage WHERE tenant_id = $1 AND quota = 'max_gpus'`, tenant).
+			Scan(&used, &reserved); err != nil {
+			t.Fatal(err)
+		}
+		return used, reserved
+	}
+	reserve := func(tenant string, n int64, ttl time.Duration) *Reservation {
+		t.Helper()
+		r, err := s.Reserve(ctx, tenant, "max_gpus", n, ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+
+	// Made two hours ago: these expired an hour ago, except the last.
+	offset.Store(int64(-2 * time.Hour))
+	expiredA := reserve(tenantA, 2, time.Hour)
+	expiredB := reserve(tenantB, 1, time.Hour)
+	committed := reserve(tenantA, 1, time.Hour)
+	if err := s.Commit(ctx, tenantA, committed.ID); err != nil {
+		t.Fatal(err)
+	}
+	held := reserve(tenantA, 3, 3*time.Hour)
+	offset.Store(0)
+
+	// Before the sweep: expired, so no commit, though the units are
+	// still held.
+	if err := s.Commit(ctx, tenantA, expiredA.ID); errs.CodeOf(err) != errs.Conflict {
+		t.Errorf("committing an expired reservation before the sweep: %v, want a conflict", err)
+	}
+	if used, reserved := usage(tenantA); used != 1 || reserved != 5 {
+		t.Errorf("tenant A before the sweep: used %d reserved %d, want 1 and 5", used, reserved)
+	}
+
+	n, err := s.expireReservations(ctx)
+	if err != nil || n == 0 {
+		t.Fatalf("expireReservations = %d, %v", n, err)
+	}
+	if used, reserved := usage(tenantA); used != 1 || reserved != 3 {
+		t.Errorf("tenant A after the sweep: used %d reserved %d, want 1 and 3", used, reserved)
+	}
+	if used, reserved := usage(tenantB); used != 0 || reserved != 0 {
+		t.Errorf("tenant B after the sweep: used %d reserved %d, want 0 and 0", used, reserved)
+	}
+	states := map[string]string{}
+	rows, err := owner.Query(ctx, `SELECT id::text, state FROM quota_reservations`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id, st string
+		if err := rows.Scan(&id, &st); err != nil {
+			t.Fatal(err)
+		}
+		states[id] = st
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	for r, want := range map[*Reservation]string{expiredA: "released", expiredB: "released", committed: "committed", held: "reserved"} {
+		if states[r.ID] != want {
+			t.Errorf("reservation of %d: %s, want %s", r.Amount, states[r.ID], want)
+		}
+	}
+
+	// After the sweep: released is final, and a second release or sweep
+	// changes nothing.
+	if err := s.Commit(ctx, tenantA, expiredA.ID); errs.CodeOf(err) != errs.Conflict {
+		t.Errorf("committing a swept reservation: %v, want a conflict", err)
+	}
+	if err := s.Release(ctx, tenantA, expiredA.ID); err != nil {
+		t.Errorf("releasing a swept reservation: %v", err)
+	}
+	if n, err := s.expireReservations(ctx); err != nil || n != 0 {
+		t.Errorf("a second sweep: %d, %v; want nothing to do", n, err)
+	}
+	if used, reserved := usage(tenantA); used != 1 || reserved != 3 {
+		t.Errorf("tenant A at the end: used %d reserved %d, want 1 and 3", used, reserved)
+	}
+	// The held reservation is still good.
+	if err := s.Commit(ctx, tenantA, held.ID); err != nil {
+		t.Errorf("committing an unexpired reservation: %v", err)
+	}
+	if used, reserved := usage(tenantA); used != 4 || reserved != 0 {
+		t.Errorf("tenant A after the commit: used %d reserved %d, want 4 and 0", used, reserved)
+	}
+}
