@@ -69,8 +69,10 @@ type app struct {
 	auth      *auth.Service
 	tenants   *tenant.Service
 	quotas    *quota.Service
-	listener  net.Listener
-	router    chi.Router
+	// rateLimits checks every API request against the rate-limit rules.
+	rateLimits *quota.RateLimits
+	listener   net.Listener
+	router     chi.Router
 	// draining is set once shutdown begins, so /readyz tells the load
 	// balancer to stop sending traffic while in-flight requests finish.
 	draining atomic.Bool
@@ -126,6 +128,15 @@ func openApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *app
 	if a.quotas, err = quota.New(quota.Deps{Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "quota")}); err != nil {
 		return nil, err
 	}
+	// The rate limiter's own Redis pool gives up after 100ms, and then
+	// decides locally for a second (each rule's fail mode) before trying
+	// Redis again: a Redis outage never hangs a request.
+	a.rateLimits, err = quota.NewRateLimits(ctx, quota.RateLimitDeps{Tx: a.tx, Redis: a.redis, Quotas: a.quotas,
+		Log: logging.Module(log, "ratelimit"), Limiter: quota.Config{Timeout: 100 * time.Millisecond, HoldOff: time.Second}})
+	if err != nil {
+		return nil, err
+	}
+	a.metrics.MustRegister(a.rateLimits.Collectors()...)
 	a.tenants, err = tenant.New(ctx, tenant.Deps{Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "tenant"),
 		PlanChanged: a.quotas.LimitsChanged})
 	if err != nil {
@@ -241,7 +252,7 @@ func (a *app) buildRouter(opts ...appOption) error {
 		return &config.Error{Var: "ATRIUM_HTTP_TRUSTED_PROXIES", Problem: err.Error()}
 	}
 	ui, err := web.New(web.Deps{Cluster: a.cluster, Auth: a.auth, Log: logging.Module(a.log, "web"), Version: version,
-		InstanceID: a.cfg.InstanceID, Env: a.cfg.Env})
+		InstanceID: a.cfg.InstanceID, Env: a.cfg.Env, RateLimits: a.rateLimits})
 	if err != nil {
 		return err
 	}
@@ -255,6 +266,9 @@ func (a *app) buildRouter(opts ...appOption) error {
 		httpx.SecurityHeaders(!a.cfg.Development()),
 		httpx.BodyLimit(a.cfg.HTTP.BodyLimit),
 		a.auth.Authenticate(h.Error),
+		// Right after authentication, since rules count by caller; before
+		// routing, so unknown paths under the API are counted too.
+		a.rateLimits.Middleware(h.Error),
 	)
 	r.NotFound(h.H(func(w http.ResponseWriter, r *http.Request) error {
 		return errs.E(errs.NotFound, "no route for %s %s", r.Method, r.URL.Path)
@@ -275,6 +289,7 @@ func (a *app) buildRouter(opts ...appOption) error {
 			r.With(principal.Require(h.Error, "cluster:read")).Get("/cluster/instances", h.H(a.listInstances))
 			a.tenants.Register(r)
 			a.quotas.Register(r)
+			a.rateLimits.Register(r)
 			r.Mount("/", a.auth.Routes())
 		})
 		r.Mount("/", ui.Routes())
@@ -347,6 +362,7 @@ func (a *app) serve(ctx context.Context) error {
 	workers.Go(func() { _ = a.auth.Run(workCtx) })
 	workers.Go(func() { _ = a.tenants.Run(workCtx) })
 	workers.Go(func() { _ = a.quotas.Run(workCtx) })
+	workers.Go(func() { _ = a.rateLimits.Run(workCtx) })
 
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(a.listener) }()
@@ -378,6 +394,9 @@ func (a *app) close() {
 	}
 	if a.migrator != nil {
 		_ = a.migrator.Close()
+	}
+	if a.rateLimits != nil {
+		_ = a.rateLimits.Close()
 	}
 	if a.redis != nil {
 		_ = a.redis.Close()

@@ -43,7 +43,9 @@ type navSection struct {
 var sections = []navSection{
 	{Heading: "Platform", Items: []navItem{
 		{Label: "Overview", Href: "/ui/overview", Perm: "cluster:read"},
-		{Label: "Payments"}, {Label: "Tenants"}, {Label: "Quotas"}, {Label: "GPUs"}, {Label: "Deployments"},
+		{Label: "Payments"}, {Label: "Tenants"}, {Label: "Quotas"},
+		{Label: "Rate limits", Href: "/ui/rate-limits", Perm: "quotas:manage"},
+		{Label: "GPUs"}, {Label: "Deployments"},
 	}},
 	{Heading: "Access", Items: []navItem{
 		{Label: "Users", Href: "/ui/users", Perm: "users:read"},

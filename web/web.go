@@ -30,6 +30,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/atriumhq/atrium/modules/auth"
+	"github.com/atriumhq/atrium/modules/quota"
 	"github.com/atriumhq/atrium/platform/cluster"
 	"github.com/atriumhq/atrium/platform/httpx"
 	"github.com/atriumhq/atrium/platform/principal"
@@ -57,6 +58,9 @@ type Deps struct {
 	InstanceID string
 	Env        string
 	Now        func() time.Time
+	// RateLimits serves the rate-limit page; without it the page answers
+	// 404.
+	RateLimits *quota.RateLimits
 }
 
 // UI serves the admin pages.
@@ -93,11 +97,14 @@ func New(d Deps) (*UI, error) {
 			return "?"
 		},
 	}
+	for k, v := range rateLimitFuncs {
+		funcs[k] = v
+	}
 	layout, err := template.New("layout").Funcs(funcs).ParseFS(templateFS, "templates/layout.html")
 	if err != nil {
 		return nil, fmt.Errorf("web: %w", err)
 	}
-	for _, page := range []string{"overview", "login", "error", "users", "user", "sessions", "terminals", "terminal", "settings", "audit"} {
+	for _, page := range []string{"overview", "login", "error", "users", "user", "sessions", "terminals", "terminal", "settings", "audit", "ratelimits"} {
 		t, err := template.Must(layout.Clone()).ParseFS(templateFS, "templates/"+page+".html")
 		if err != nil {
 			return nil, fmt.Errorf("web: %s: %w", page, err)
@@ -166,6 +173,12 @@ func (u *UI) Routes() http.Handler {
 		r.Get("/ui/settings", u.settings)
 		r.Post("/ui/settings/keys/rotate", u.rotateKeys)
 		r.Get("/ui/audit", u.audit)
+		r.Get("/ui/rate-limits", u.rateLimits)
+		r.Get("/ui/rate-limits/live", u.rateLimitsLive)
+		r.Post("/ui/rate-limits", u.createRule)
+		r.Post("/ui/rate-limits/{id}/mode", u.setRuleMode)
+		r.Post("/ui/rate-limits/{id}/enabled", u.setRuleEnabled)
+		r.Post("/ui/rate-limits/{id}/delete", u.deleteRule)
 	})
 	return r
 }
