@@ -70,8 +70,10 @@ type app struct {
 	tenants   *tenant.Service
 	quotas    *quota.Service
 	meter     *quota.Meter
-	listener  net.Listener
-	router    chi.Router
+	// rateLimits checks every API request against the rate-limit rules.
+	rateLimits *quota.RateLimits
+	listener   net.Listener
+	router     chi.Router
 	// draining is set once shutdown begins, so /readyz tells the load
 	// balancer to stop sending traffic while in-flight requests finish.
 	draining atomic.Bool
@@ -132,6 +134,15 @@ func openApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *app
 		return nil, err
 	}
 	a.metrics.MustRegister(a.meter.Collectors()...)
+	// The rate limiter's own Redis pool gives up after 100ms, and then
+	// decides locally for a second (each rule's fail mode) before trying
+	// Redis again: a Redis outage never hangs a request.
+	a.rateLimits, err = quota.NewRateLimits(ctx, quota.RateLimitDeps{Tx: a.tx, Redis: a.redis, Quotas: a.quotas,
+		Log: logging.Module(log, "ratelimit"), Limiter: quota.Config{Timeout: 100 * time.Millisecond, HoldOff: time.Second}})
+	if err != nil {
+		return nil, err
+	}
+	a.metrics.MustRegister(a.rateLimits.Collectors()...)
 	a.tenants, err = tenant.New(ctx, tenant.Deps{Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "tenant"),
 		PlanChanged: a.quotas.LimitsChanged})
 	if err != nil {
@@ -247,7 +258,7 @@ func (a *app) buildRouter(opts ...appOption) error {
 		return &config.Error{Var: "ATRIUM_HTTP_TRUSTED_PROXIES", Problem: err.Error()}
 	}
 	ui, err := web.New(web.Deps{Cluster: a.cluster, Auth: a.auth, Tenants: a.tenants, Quotas: a.quotas, Usage: a.meter,
-		Log: logging.Module(a.log, "web"), Version: version, InstanceID: a.cfg.InstanceID, Env: a.cfg.Env})
+		RateLimits: a.rateLimits, Log: logging.Module(a.log, "web"), Version: version, InstanceID: a.cfg.InstanceID, Env: a.cfg.Env})
 	if err != nil {
 		return err
 	}
@@ -261,6 +272,10 @@ func (a *app) buildRouter(opts ...appOption) error {
 		httpx.SecurityHeaders(!a.cfg.Development()),
 		httpx.BodyLimit(a.cfg.HTTP.BodyLimit),
 		a.auth.Authenticate(h.Error),
+		// Right after authentication, since rules count by caller; before
+		// routing, so unknown paths under the API are counted too.
+		a.rateLimits.Middleware(h.Error),
+		// After the rate limit: refused requests are not billed.
 		a.meter.CountAPICalls,
 	)
 	r.NotFound(h.H(func(w http.ResponseWriter, r *http.Request) error {
@@ -283,6 +298,7 @@ func (a *app) buildRouter(opts ...appOption) error {
 			a.tenants.Register(r)
 			a.quotas.Register(r)
 			a.meter.Register(r)
+			a.rateLimits.Register(r)
 			r.Mount("/", a.auth.Routes())
 		})
 		r.Mount("/", ui.Routes())
@@ -356,6 +372,7 @@ func (a *app) serve(ctx context.Context) error {
 	workers.Go(func() { _ = a.tenants.Run(workCtx) })
 	workers.Go(func() { _ = a.quotas.Run(workCtx) })
 	workers.Go(func() { _ = a.meter.Run(workCtx) })
+	workers.Go(func() { _ = a.rateLimits.Run(workCtx) })
 
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(a.listener) }()
@@ -387,6 +404,9 @@ func (a *app) close() {
 	}
 	if a.migrator != nil {
 		_ = a.migrator.Close()
+	}
+	if a.rateLimits != nil {
+		_ = a.rateLimits.Close()
 	}
 	if a.redis != nil {
 		_ = a.redis.Close()

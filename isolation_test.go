@@ -103,6 +103,9 @@ func setUpTenantA(t *testing.T, in *instance) *tenantA {
 		"terminals/{id}": a.terminal,
 		"roles/{id}":     a.role,
 		"quotas/{quota}": "max_users",
+		// Rate-limit rules are platform settings, no tenant's: a tenant's
+		// administrator must be refused them like any id.
+		"rate-limits/{id}": "tenant-daily",
 	}
 	return a
 }

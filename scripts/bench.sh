@@ -55,6 +55,38 @@ awk '
   }
 ' "$OUT/go.txt"
 
+# Rate-limit figures from the lines above (modules/quota/bench_test.go):
+# decisions per second through Limiter.Allow as a ratio of redis-benchmark
+# running the same script on the same Redis, non-pipelined, in the same run
+# (one connection, then GOMAXPROCS connections), and what pipelining 16 deep
+# gets. cpu-µs/op is the client's CPU per decision, steadier than the rates
+# on a shared machine.
+echo
+echo "== Rate limits (modules/quota benchmarks above; ratios against redis-benchmark in the same run) =="
+awk '
+  /^Benchmark/ {
+    name = $1; sub(/-[0-9]+$/, "", name)
+    for (i = 3; i <= NF; i++) {
+      if ($i == "decisions/s") rate[name] = $(i-1)
+      if ($i == "cpu-µs/op") cpu[name] = $(i-1)
+    }
+  }
+  function row(label, k, base) {
+    if (!(k in rate)) { printf "%-44s %12s\n", label, "n/a"; return }
+    printf "%-44s %12.0f %8s %10s\n", label, rate[k], (base != "" && rate[base] > 0 ? sprintf("%.2f", rate[k] / rate[base]) : ""), (k in cpu ? cpu[k] : "")
+  }
+  END {
+    printf "%-44s %12s %8s %10s\n", "case", "decisions/s", "ratio", "cpu-µs/op"
+    row("redis-benchmark, 1 connection (baseline)", "BenchmarkRedisBenchmark/c1", "BenchmarkRedisBenchmark/c1")
+    row("Limiter.Allow, one goroutine", "BenchmarkAllow", "BenchmarkRedisBenchmark/c1")
+    row("go-redis EVALSHA alone, one goroutine", "BenchmarkRawEvalsha", "BenchmarkRedisBenchmark/c1")
+    row("redis-benchmark, GOMAXPROCS connections", "BenchmarkRedisBenchmark/cN", "BenchmarkRedisBenchmark/cN")
+    row("Limiter.Allow, parallel", "BenchmarkAllowParallel", "BenchmarkRedisBenchmark/cN")
+    row("redis-benchmark, pipelined 16 deep", "BenchmarkRedisBenchmark/cN-P16", "BenchmarkRedisBenchmark/cN")
+    print "target: Limiter.Allow >= 0.80 x redis-benchmark, non-pipelined"
+  }
+' "$OUT/go.txt"
+
 echo
 echo "== HTTP load: GET /healthz, wrk -t1 -c$CONNS -d$DURATION, $ROUNDS alternating rounds =="
 go build -o "$OUT/bare" ./scripts/bareserver

@@ -49,6 +49,7 @@ var sections = []navSection{
 		{Label: "Overview", Href: "/ui/overview", Perm: "cluster:read"},
 		{Label: "Tenants", Href: "/ui/tenants", Perm: "tenants:manage"},
 		{Label: "Quotas", Href: "/ui/quotas", TenantOnly: true},
+		{Label: "Rate limits", Href: "/ui/rate-limits", Perm: "quotas:manage"},
 		{Label: "Payments"}, {Label: "GPUs"}, {Label: "Deployments"},
 	}},
 	{Heading: "Access", Items: []navItem{

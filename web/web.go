@@ -64,6 +64,9 @@ type Deps struct {
 	Now        func() time.Time
 	// Usage, when set, serves the usage pages.
 	Usage *quota.Meter
+	// RateLimits serves the rate-limit page; without it the page answers
+	// 404.
+	RateLimits *quota.RateLimits
 }
 
 // UI serves the admin pages.
@@ -100,11 +103,14 @@ func New(d Deps) (*UI, error) {
 			return "?"
 		},
 	}
+	for k, v := range rateLimitFuncs {
+		funcs[k] = v
+	}
 	layout, err := template.New("layout").Funcs(funcs).ParseFS(templateFS, "templates/layout.html")
 	if err != nil {
 		return nil, fmt.Errorf("web: %w", err)
 	}
-	for _, page := range []string{"overview", "login", "error", "users", "user", "sessions", "terminals", "terminal", "settings", "audit", "tenants", "tenant"} {
+	for _, page := range []string{"overview", "login", "error", "users", "user", "sessions", "terminals", "terminal", "settings", "audit", "tenants", "tenant", "ratelimits"} {
 		t, err := template.Must(layout.Clone()).ParseFS(templateFS, "templates/"+page+".html")
 		if err != nil {
 			return nil, fmt.Errorf("web: %s: %w", page, err)
@@ -185,6 +191,12 @@ func (u *UI) Routes() http.Handler {
 		r.Post("/ui/tenants/{id}/status", u.setTenantStatus)
 		r.Post("/ui/tenants/{id}/quotas/{quota}", u.setQuota)
 		r.Get("/ui/quotas", u.quotas)
+		r.Get("/ui/rate-limits", u.rateLimits)
+		r.Get("/ui/rate-limits/live", u.rateLimitsLive)
+		r.Post("/ui/rate-limits", u.createRule)
+		r.Post("/ui/rate-limits/{id}/mode", u.setRuleMode)
+		r.Post("/ui/rate-limits/{id}/enabled", u.setRuleEnabled)
+		r.Post("/ui/rate-limits/{id}/delete", u.deleteRule)
 	})
 	return r
 }

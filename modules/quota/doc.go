@@ -1,8 +1,33 @@
-// Package quota holds Atrium's quotas. So far it has the rate-limit engine
-// of issue 4: Limiter decides a request against several rules at once,
-// exactly across all instances, in one Redis round trip. Rule storage,
-// switching rules at run time, the admin API and UI, and the HTTP
-// middleware come later and build on it.
+// Package quota holds Atrium's quotas (Service: plans, overrides,
+// allocation and budget quotas) and the rate limits of issue 4:
+//
+//   - Limiter, the engine: it decides a request against several rules at
+//     once, exactly across all instances, in one Redis round trip;
+//   - RateLimits, the rate limiting of the HTTP edge: the rules, stored in
+//     PostgreSQL (rate_limit_rules) and held in memory on every instance,
+//     the middleware that checks every API request against them with one
+//     Limiter.Allow, their metrics, logs and live counts, and their admin
+//     API (the admin UI page is in package web).
+//
+// # Rules at run time
+//
+// A rule (RuleDef) covers a route class (RouteClasses maps path prefixes
+// to payments, auth, inference and api; every classified request is also
+// api; paths outside the API have no class and never reach Redis), counts
+// a key (the caller's tenant, the caller, terminals only, or anonymous
+// callers by client address) and takes its rate either from a fixed
+// number or from the caller's tenant's effective quota (Service.Limits:
+// plan plus override, cached and invalidated by broadcast). Each rule is
+// enforcing or observe-only and fails open or closed. The rule set is
+// swapped whole (an atomic pointer) when it is reloaded: at once on the
+// instance that made a change, on every other instance when the change's
+// broadcast arrives (within a second), on every (re)subscription and every
+// 30 s. A request is checked against every enabled rule of its classes
+// whose key it has, in one Allow.
+//
+// Live counts (refusals and would-be refusals per rule over the last hour,
+// cluster-wide) cost requests no Redis call: each instance counts in
+// memory and adds its counts to per-minute Redis hashes once a second.
 //
 // # Algorithm
 //
@@ -45,7 +70,10 @@
 //   - Never a hang: the Limiter has its own connection pool whose dial,
 //     pool-wait, write and read timeouts are Config.Timeout (100ms by
 //     default), with no retries (a replayed script could count a request
-//     twice).
+//     twice). Its connections skip go-redis's per-command health check
+//     (a syscall): a connection found closed (a Redis restart) fails its
+//     one decision, which is made locally without a hold-off, and the pool
+//     redials.
 //   - Redis unreachable (an error or a timeout): each rule follows its
 //     FailMode: FailOpen decides with a per-instance token bucket
 //     (golang.org/x/time/rate) at the rule's rate, so k instances admit up

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -345,6 +348,27 @@ func NewLimiter(rdb *redisx.Client, cfg Config) *Limiter {
 	opt.ClientName = "atrium-ratelimit"
 	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.PoolTimeout = cfg.Timeout, cfg.Timeout, cfg.Timeout, cfg.Timeout
 	opt.MaxRetries, opt.DialerRetries = -1, 1
+	// Work per command that redis-benchmark does not do. RESP3 makes
+	// go-redis look for pending push notifications before each command;
+	// RESP2 has none, and the script's reply reads the same. And the pool
+	// health-checks every connection it hands out with a socket peek (a
+	// syscall, plus clearing the deadlines), but only connections that
+	// expose their file descriptor (syscall.Conn): opaqueConn hides it. A
+	// connection closed under us (a Redis restart) then shows as a failed
+	// command: that one decision is made locally, without a hold-off (see
+	// staleConn), and the pool redials.
+	opt.Protocol = 2
+	dial := opt.Dialer
+	if dial == nil {
+		dial = redis.NewDialer(&opt)
+	}
+	opt.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return opaqueConn{c}, nil
+	}
 	return &Limiter{
 		rdb:   redis.NewClient(&opt),
 		base:  rdb.Key("rl"),
@@ -352,6 +376,10 @@ func NewLimiter(rdb *redisx.Client, cfg Config) *Limiter {
 		local: localLimiter{limiters: map[string]*localEntry{}},
 	}
 }
+
+// opaqueConn hides a connection's file descriptor (it has only net.Conn's
+// methods), so go-redis skips its per-command health-check syscall.
+type opaqueConn struct{ net.Conn }
 
 // Close releases the Limiter's Redis connections.
 func (l *Limiter) Close() error { return l.rdb.Close() }
@@ -412,7 +440,9 @@ func (l *Limiter) Allow(ctx context.Context, rules []Rule, n int) (Decision, err
 		if ctx.Err() != nil {
 			return Decision{}, fmt.Errorf("rate limit: %w", ctx.Err())
 		}
-		l.downTill.Store(now.Add(l.cfg.HoldOff).UnixNano())
+		if !staleConn(err) {
+			l.downTill.Store(now.Add(l.cfg.HoldOff).UnixNano())
+		}
 		l.decideLocally(&d, keys, n, l.cfg.Now(), err, l.cfg.HoldOff)
 	}
 	l.observe(ctx, d)
@@ -423,6 +453,15 @@ func (l *Limiter) observe(ctx context.Context, d Decision) {
 	if l.cfg.Observer != nil {
 		l.cfg.Observer.Observe(ctx, d)
 	}
+}
+
+// staleConn reports whether err says a pooled connection had been closed
+// (by a Redis restart, say) rather than that Redis is unreachable: it came
+// at once, so it starts no hold-off, and the pool redials for the next
+// decision. Without the pool's per-command health check (see NewLimiter),
+// this is how dead connections leave it: each costs one local decision.
+func staleConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // ErrHeldOff is Decision.RedisErr for decisions made locally because Redis

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -630,5 +631,33 @@ func TestAgreesWithRedisRate(t *testing.T) {
 		if !near(got.ResetAfter, want.ResetAfter) {
 			t.Errorf("step %d (cost %d): reset after %v, redis_rate %v", i+1, n, got.ResetAfter, want.ResetAfter)
 		}
+	}
+}
+
+// TestStaleConnection kills the Limiter's pooled connection in Redis, as a
+// Redis restart does: the next decision finds it closed and is made
+// locally, without a hold-off, and the one after is Redis's again.
+func TestStaleConnection(t *testing.T) {
+	prefix := testenv.RedisPrefix(t)
+	admin := testenv.RedisClient(t, prefix)
+	l, _ := newTestLimiter(t, prefix, Config{})
+	ctx := context.Background()
+	rule := Rule{ID: "stale", Key: "route:x", Rate: 100, Period: time.Second, Burst: 100}
+	if d := mustAllow(t, l, 1, rule); d.Fallback {
+		t.Fatalf("first decision: %v", d.RedisErr)
+	}
+	id, err := l.rdb.ClientID(ctx).Result() // the one pooled connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.ClientKillByFilter(ctx, "ID", strconv.FormatInt(id, 10)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	d := mustAllow(t, l, 1, rule)
+	if !d.Fallback || !d.Allowed || !staleConn(d.RedisErr) {
+		t.Fatalf("on the killed connection: fallback %v, allowed %v, err %v; want a local admission for a stale connection", d.Fallback, d.Allowed, d.RedisErr)
+	}
+	if d := mustAllow(t, l, 1, rule); d.Fallback {
+		t.Fatalf("the next decision was local too (%v): a stale connection must not start a hold-off", d.RedisErr)
 	}
 }

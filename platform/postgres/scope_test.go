@@ -226,9 +226,10 @@ func tenantTables(t *testing.T, q interface {
 // unscopedWritable are the tables the application role writes without
 // row-level security, and why that is safe.
 var unscopedWritable = map[string]string{
-	"signing_keys":  "the platform's token signing keys: no tenant's data",
-	"revocations":   "ids of revoked tokens and sessions, written from any scope: no tenant's data",
-	"usage_flushes": "ids of usage batches already applied: no tenant's data",
+	"signing_keys":     "the platform's token signing keys: no tenant's data",
+	"revocations":      "ids of revoked tokens and sessions, written from any scope: no tenant's data",
+	"usage_flushes":    "ids of usage batches already applied: no tenant's data",
+	"rate_limit_rules": "the platform's rate-limit rules: no tenant's data",
 }
 
 // TestRowSecurityCatalogue checks the schema, as the application role:
