@@ -392,3 +392,18 @@ func TestQuotaConcurrentReservations(t *testing.T) {
 		}
 	}
 }
+
+// A POS terminal cannot read its tenant's quotas or usage (payment totals
+// among them): a stolen terminal secret must not expose the merchant
+// group's figures.
+func TestQuotaTerminalsCannotReadReports(t *testing.T) {
+	in := startCluster(t, 1)[0]
+	admin := loginAdmin(t, in)
+	tenant := uuid.NewString()
+	ensureTenant(t, in, tenant)
+	term := terminalToken(t, in, admin, tenant)
+	for _, path := range []string{"/api/v1/quotas", "/api/v1/tenants/" + tenant + "/quotas", "/api/v1/usage", "/api/v1/tenants/" + tenant + "/usage"} {
+		resp, body := call(t, http.MethodGet, in.URL+path, nil, bearer(term))
+		wantStatus(t, resp, body, http.StatusForbidden)
+	}
+}

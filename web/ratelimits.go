@@ -159,8 +159,8 @@ func (u *UI) createRule(w http.ResponseWriter, r *http.Request) {
 		_, err = rl.Create(r.Context(), in)
 	}
 	if err != nil {
-		if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict {
-			u.rateLimitsPage(w, r, httpx.Status(c), f, problemText(err))
+		if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict || c == errs.QuotaExceeded {
+			u.rateLimitsPage(w, r, httpx.StatusOf(err), f, problemText(err))
 			return
 		}
 		u.fail(w, r, err)

@@ -344,17 +344,19 @@ func (u *UI) fail(w http.ResponseWriter, r *http.Request, err error) {
 		d.Heading = "Not found"
 	case errs.Invalid, errs.Conflict:
 		d.Heading = "That did not work"
+	case errs.QuotaExceeded:
+		d.Heading = "Quota exceeded"
 	default:
 		u.d.Log.Error().Ctx(r.Context()).Err(err).Str("path", r.URL.Path).Msg("page failed")
 		d.Heading, d.Message = "Something went wrong", "The error has been logged. Please try again in a moment."
 		d.RequestID = logging.RequestID(r.Context())
 	}
 	if r.Header.Get("HX-Request") == "true" {
-		w.WriteHeader(httpx.Status(e.Code))
+		w.WriteHeader(httpx.StatusOf(e))
 		return
 	}
 	d.page = u.page(w, r, d.Heading, "")
-	u.render(w, r, httpx.Status(e.Code), "error", "layout", d)
+	u.render(w, r, httpx.StatusOf(e), "error", "layout", d)
 }
 
 // sentence turns a caller-safe error message into a sentence.

@@ -46,8 +46,8 @@ func (u *UI) createTenant(w http.ResponseWriter, r *http.Request) {
 	in := tenant.NewTenant{Name: r.PostFormValue("name"), Plan: r.PostFormValue("plan")}
 	t, err := u.d.Tenants.Create(r.Context(), in)
 	if err != nil {
-		if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict {
-			u.tenantsPage(w, r, httpx.Status(c), in, problemText(err))
+		if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict || c == errs.QuotaExceeded {
+			u.tenantsPage(w, r, httpx.StatusOf(err), in, problemText(err))
 			return
 		}
 		u.fail(w, r, err)

@@ -54,8 +54,8 @@ func (u *UI) createTerminal(w http.ResponseWriter, r *http.Request) {
 		TenantID: strings.TrimSpace(r.PostFormValue("tenant_id"))}
 	t, err := u.d.Auth.CreateTerminal(r.Context(), in)
 	if err != nil {
-		if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict {
-			u.terminalsPage(w, r, httpx.Status(c), in, problemText(err))
+		if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict || c == errs.QuotaExceeded {
+			u.terminalsPage(w, r, httpx.StatusOf(err), in, problemText(err))
 			return
 		}
 		u.fail(w, r, err)

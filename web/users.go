@@ -82,9 +82,9 @@ func (u *UI) createUser(w http.ResponseWriter, r *http.Request) {
 		Password: r.PostFormValue("password"), TenantID: strings.TrimSpace(r.PostFormValue("tenant_id")), Roles: r.PostForm["roles"]}
 	nu, err := u.d.Auth.CreateUser(r.Context(), in)
 	if err != nil {
-		if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict {
+		if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict || c == errs.QuotaExceeded {
 			in.Password = ""
-			u.usersPage(w, r, httpx.Status(c), in, problemText(err))
+			u.usersPage(w, r, httpx.StatusOf(err), in, problemText(err))
 			return
 		}
 		u.fail(w, r, err)
@@ -127,7 +127,7 @@ func (u *UI) user(w http.ResponseWriter, r *http.Request) {
 // back as a message on the page they came from, anything else as an error
 // page.
 func (u *UI) formFailed(w http.ResponseWriter, r *http.Request, back string, err error) {
-	if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict {
+	if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict || c == errs.QuotaExceeded {
 		u.setFlash(w, "bad", problemText(err))
 		http.Redirect(w, r, back, http.StatusSeeOther)
 		return

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/atriumhq/atrium/platform/auditlog"
+	"github.com/atriumhq/atrium/platform/postgres"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -153,6 +154,10 @@ func (k *keys) reloadForUnknownKID(ctx context.Context) bool {
 func (k *keys) ensure(ctx context.Context, force bool) (changed bool, err error) {
 	now := k.s.now()
 	rotated := false
+	// Keys are the platform's, and the rotation is audited as a platform
+	// event (no tenant): the cross-tenant path, whoever triggered it (the
+	// schedule has no principal at all).
+	ctx = postgres.AllTenants(ctx, "signing keys")
 	err = k.s.tx.Do(ctx, "auth.keys.ensure", func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", keysLockID); err != nil {
 			return err

@@ -172,7 +172,7 @@ func (s *Service) Login(ctx context.Context, email, password, userAgent string) 
 	}
 	if !found || !ok || u.Status != "active" {
 		if locked > 0 {
-			s.auditNoTx(ctx, "", "anonymous", "auth.lockout", "email:"+strings.ToLower(email), map[string]any{"lock_ms": locked.Milliseconds()})
+			s.auditNoTx(ctx, deref(u.TenantID), "anonymous", "auth.lockout", "email:"+strings.ToLower(email), map[string]any{"lock_ms": locked.Milliseconds()})
 		}
 		actor := "anonymous"
 		if found {

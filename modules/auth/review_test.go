@@ -153,3 +153,24 @@ func TestReviewLoginRacingRevocation(t *testing.T) {
 		})
 	}
 }
+
+// The schedule rotates keys with no principal in the context: the rotation
+// and its audit record (a platform event, no tenant) must commit under
+// row-level security, or keys stop rotating and, once the current key is
+// too old, no instance can start.
+func TestReviewScheduledRotationCommitsUnderRLS(t *testing.T) {
+	s := newTestService(t)
+	ctx := context.Background()
+	changed, err := s.keys.ensure(ctx, true)
+	if err != nil || !changed {
+		t.Fatalf("rotation without a principal: changed %v, err %v", changed, err)
+	}
+	var n int
+	if err := s.tx.QueryRow(postgres.AllTenants(ctx, "test"), "test",
+		`SELECT count(*) FROM audit_log WHERE action LIKE 'auth.keys%' AND tenant_id IS NULL`, nil, &n); err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Error("the rotation left no audit record")
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/atriumhq/atrium/platform/auditlog"
 	"github.com/atriumhq/atrium/platform/errs"
@@ -85,13 +86,19 @@ type Service struct {
 	now    func() time.Time
 	events *redisx.Broadcast[string]
 
-	mu     sync.Mutex
+	mu     sync.RWMutex
 	limits map[string]limitsEntry // tenant → effective limits
+	// gen counts invalidations: a load that raced with one does not
+	// store what it read.
+	gen   uint64
+	loads singleflight.Group
 }
 
 type limitsEntry struct {
 	limits map[string]int64
 	loaded time.Time
+	// stale entries are served while one background load refreshes them.
+	stale, refreshing bool
 }
 
 // limitsTTL bounds how long a cached tenant's limits live without an
@@ -133,14 +140,23 @@ func (s *Service) Run(ctx context.Context) error {
 	return s.events.Subscribe(ctx, s.log, func() { s.forget("*") }, s.forget)
 }
 
+// forget invalidates tenant's cached limits ("*": every tenant's, after a
+// resubscription, when broadcasts may have been missed). A tenant's entry
+// goes at once: its next check loads the new limits. After "*" the entries
+// are served while they refresh, so a resubscription does not send every
+// tenant's next request to PostgreSQL at once.
 func (s *Service) forget(tenant string) {
 	s.mu.Lock()
-	if tenant == "*" {
-		clear(s.limits)
-	} else {
+	defer s.mu.Unlock()
+	s.gen++
+	if tenant != "*" {
 		delete(s.limits, tenant)
+		return
 	}
-	s.mu.Unlock()
+	for k, e := range s.limits {
+		e.stale = true
+		s.limits[k] = e
+	}
 }
 
 // LimitsChanged drops tenant's cached limits on every instance (after a
@@ -155,19 +171,76 @@ func (s *Service) LimitsChanged(ctx context.Context, tenant string) {
 // Limits returns tenant's effective limits (its plan's, with its
 // overrides), from a cache that broadcasts keep current. A quota absent
 // from the map is unlimited.
+//
+// It is on the request path of the rate limiter: a cached entry is
+// answered from memory, and one past its TTL (or marked stale) too, while a
+// single background load refreshes it. Only a tenant's first check on an
+// instance (or the first after its limits changed) waits for PostgreSQL,
+// and concurrent checks share that one load; it waits at most a second
+// (the rate limiter runs before the request's own deadline is set).
 func (s *Service) Limits(ctx context.Context, tenant string) (map[string]int64, error) {
-	s.mu.Lock()
+	s.mu.RLock()
 	e, ok := s.limits[tenant]
-	s.mu.Unlock()
-	if ok && s.now().Sub(e.loaded) < limitsTTL {
+	s.mu.RUnlock()
+	if ok && !e.stale && s.now().Sub(e.loaded) < limitsTTL {
 		return e.limits, nil
 	}
+	if ok {
+		s.mu.Lock()
+		e, ok = s.limits[tenant]
+		start := ok && !e.refreshing
+		if start {
+			e.refreshing = true
+			s.limits[tenant] = e
+		}
+		s.mu.Unlock()
+		if start {
+			go func() {
+				if _, err := s.load(context.WithoutCancel(ctx), tenant); err != nil {
+					s.log.Warn().Err(err).Str("tenant", tenant).Msg("refreshing quota limits failed; serving the cached ones")
+					s.mu.Lock()
+					if e, ok := s.limits[tenant]; ok {
+						e.refreshing = false
+						s.limits[tenant] = e
+					}
+					s.mu.Unlock()
+				}
+			}()
+		}
+		if ok {
+			return e.limits, nil
+		}
+	}
+	ch := s.loads.DoChan(tenant, func() (any, error) { return s.load(context.WithoutCancel(ctx), tenant) })
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(map[string]int64), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(time.Second):
+		return nil, errs.E(errs.Unavailable, "the tenant's quota limits cannot be read right now")
+	}
+}
+
+// load reads tenant's limits from PostgreSQL and caches them, unless an
+// invalidation came in meanwhile (then the next check loads again).
+func (s *Service) load(ctx context.Context, tenant string) (map[string]int64, error) {
+	s.mu.RLock()
+	gen := s.gen
+	s.mu.RUnlock()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	limits, _, err := s.loadLimits(postgres.WithTenant(ctx, tenant), tenant)
 	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
-	s.limits[tenant] = limitsEntry{limits: limits, loaded: s.now()}
+	if s.gen == gen {
+		s.limits[tenant] = limitsEntry{limits: limits, loaded: s.now()}
+	}
 	s.mu.Unlock()
 	return limits, nil
 }
@@ -500,6 +573,12 @@ func (s *Service) visible(ctx context.Context, tenant string) error {
 	p := principal.From(ctx)
 	if p == nil {
 		return errs.E(errs.Unauthenticated, "authentication required")
+	}
+	// Quotas and usage (payment totals included) are for the tenant's
+	// people, not its POS terminals: a stolen terminal secret must not
+	// read the merchant group's figures.
+	if p.Kind != principal.User {
+		return errs.E(errs.Forbidden, "terminals cannot read quotas or usage")
 	}
 	if _, err := uuid.Parse(tenant); err != nil || (p.TenantID != "" && p.TenantID != tenant) || (p.TenantID == "" && !p.Has("quotas:manage")) {
 		return errs.E(errs.NotFound, "no such tenant")

@@ -242,20 +242,10 @@ func (s *RateLimits) decide(w http.ResponseWriter, r *http.Request, cands []*com
 	return d.Err()
 }
 
-// tenantLimits returns tenant's effective limits: from the quota
-// service's cache, or else from PostgreSQL within a second (this runs
-// before the request's own deadline is set).
+// tenantLimits returns tenant's effective limits from the quota service's
+// cache (a tenant not cached yet waits at most a second for PostgreSQL).
 func (s *RateLimits) tenantLimits(ctx context.Context, tenant string) (map[string]int64, error) {
-	q := s.quotas
-	q.mu.Lock()
-	e, ok := q.limits[tenant]
-	q.mu.Unlock()
-	if ok && q.now().Sub(e.loaded) < limitsTTL {
-		return e.limits, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	return q.Limits(ctx, tenant)
+	return s.quotas.Limits(ctx, tenant)
 }
 
 // zeroLimit handles a quota rule whose limit is 0 for the caller's tenant:

@@ -1,6 +1,8 @@
 package tenant
 
 import (
+	"bufio"
+	"io"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
@@ -70,7 +72,10 @@ func (s *Service) handleSuspend(w http.ResponseWriter, r *http.Request) error {
 	var in struct {
 		Reason string `json:"reason"`
 	}
-	if r.ContentLength != 0 {
+	// The body is optional, whether or not the client sent a length.
+	body := bufio.NewReader(r.Body)
+	if _, err := body.Peek(1); err == nil {
+		r.Body = io.NopCloser(body)
 		if err := httpx.Decode(r, &in); err != nil {
 			return err
 		}

@@ -77,6 +77,9 @@ type Service struct {
 
 	mu        sync.RWMutex
 	suspended map[string]bool
+	// gen counts status changes applied to suspended; a reload that
+	// raced with one reads again rather than overwrite it.
+	gen uint64
 }
 
 // event tells every instance that a tenant's status changed.
@@ -104,21 +107,43 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	return s, nil
 }
 
-// load replaces the in-memory suspended set with PostgreSQL's.
+// load replaces the in-memory suspended set with PostgreSQL's. A status
+// change applied while it read (a broadcast, or this instance's own) may be
+// newer than what it read: then it reads again.
 func (s *Service) load(ctx context.Context) error {
-	ids, err := postgres.Collect(postgres.AllTenants(ctx, "tenant status"), s.tx, "tenant.load", pgx.RowTo[string],
-		`SELECT id::text FROM tenants WHERE status = 'suspended'`)
-	if err != nil {
-		return fmt.Errorf("load suspended tenants: %w", err)
+	for {
+		s.mu.RLock()
+		gen := s.gen
+		s.mu.RUnlock()
+		ids, err := postgres.Collect(postgres.AllTenants(ctx, "tenant status"), s.tx, "tenant.load", pgx.RowTo[string],
+			`SELECT id::text FROM tenants WHERE status = 'suspended'`)
+		if err != nil {
+			return fmt.Errorf("load suspended tenants: %w", err)
+		}
+		fresh := make(map[string]bool, len(ids))
+		for _, id := range ids {
+			fresh[id] = true
+		}
+		s.mu.Lock()
+		if s.gen == gen {
+			s.suspended = fresh
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
 	}
-	fresh := make(map[string]bool, len(ids))
-	for _, id := range ids {
-		fresh[id] = true
-	}
+}
+
+// apply records one tenant's status in memory.
+func (s *Service) apply(e event) {
 	s.mu.Lock()
-	s.suspended = fresh
-	s.mu.Unlock()
-	return nil
+	defer s.mu.Unlock()
+	s.gen++
+	if e.Suspended {
+		s.suspended[e.Tenant] = true
+	} else {
+		delete(s.suspended, e.Tenant)
+	}
 }
 
 // Active returns ErrSuspended when tenant is suspended, from memory.
@@ -153,15 +178,7 @@ func (s *Service) Run(ctx context.Context) error {
 			s.log.Warn().Err(err).Msg("reload tenants on resubscribe")
 		}
 	}
-	return s.events.Subscribe(ctx, s.log, onReady, func(e event) {
-		s.mu.Lock()
-		if e.Suspended {
-			s.suspended[e.Tenant] = true
-		} else {
-			delete(s.suspended, e.Tenant)
-		}
-		s.mu.Unlock()
-	})
+	return s.events.Subscribe(ctx, s.log, onReady, s.apply)
 }
 
 const columns = `id, name, status, plan, created_at, updated_at, suspended_at`
@@ -265,25 +282,36 @@ func (s *Service) Update(ctx context.Context, id string, in Update) (*Tenant, er
 	}
 	detail := map[string]any{}
 	if in.Name != nil {
-		if t.Name, err = validName(*in.Name); err != nil {
+		name, err := validName(*in.Name)
+		if err != nil {
 			return nil, err
 		}
-		detail["name"] = t.Name
+		in.Name = &name
+		detail["name"] = name
 	}
-	planChanged := in.Plan != nil && *in.Plan != t.Plan
+	var planChanged bool
 	if in.Plan != nil {
 		if *in.Plan == "" {
 			return nil, errs.Field("plan", "must name a plan")
 		}
-		t.Plan = *in.Plan
-		detail["plan"] = t.Plan
+		detail["plan"] = *in.Plan
 	}
 	t.UpdatedAt = s.now()
 	err = s.tx.Do(ctx, "tenant.update", func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `UPDATE tenants SET name = $2, plan = $3, updated_at = $4 WHERE id = $1`,
-			id, t.Name, t.Plan, t.UpdatedAt); err != nil {
+		// Only the members given are written, and the plan it had is read
+		// under the row lock: concurrent updates of different members
+		// both hold, and the plan change is noticed by the one that made it.
+		var before string
+		if err := tx.QueryRow(ctx, `SELECT plan FROM tenants WHERE id = $1 FOR UPDATE`, id).Scan(&before); err != nil {
+			return err
+		}
+		err := tx.QueryRow(ctx, `UPDATE tenants SET name = coalesce($2, name), plan = coalesce($3, plan), updated_at = $4
+			WHERE id = $1 RETURNING name, plan, status, suspended_at`, id, in.Name, in.Plan, t.UpdatedAt).
+			Scan(&t.Name, &t.Plan, &t.Status, &t.SuspendedAt)
+		if err != nil {
 			return writeError(err)
 		}
+		planChanged = t.Plan != before
 		return auditlog.Record(ctx, tx, t.UpdatedAt, id, auditlog.Actor(ctx), "tenant.update", "tenant:"+id, detail)
 	})
 	if err != nil {
@@ -339,13 +367,7 @@ func (s *Service) setStatus(ctx context.Context, id, status, reason string) (*Te
 		return nil, err
 	}
 	e := event{Tenant: id, Suspended: status == "suspended"}
-	s.mu.Lock()
-	if e.Suspended {
-		s.suspended[id] = true
-	} else {
-		delete(s.suspended, id)
-	}
-	s.mu.Unlock()
+	s.apply(e)
 	if err := s.events.Publish(ctx, e); err != nil {
 		// PostgreSQL has it; the other instances catch up within 30 s.
 		s.log.Error().Ctx(ctx).Err(err).Str("tenant", id).Msg("tenant status broadcast failed")

@@ -48,6 +48,19 @@ func Status(c errs.Code) int {
 	return http.StatusInternalServerError
 }
 
+// StatusOf returns the HTTP status for err: its code's, except that a
+// quota_exceeded error without retry_after_seconds is an allocation or
+// budget quota, where waiting will not help until use falls or the limit
+// rises, so not a 429 (RFC 6585 means "slow down") but a 403 whose problem
+// type says quota_exceeded.
+func StatusOf(err error) int {
+	e := errs.As(err)
+	if _, retry := e.Extra["retry_after_seconds"]; e.Code == errs.QuotaExceeded && !retry {
+		return http.StatusForbidden
+	}
+	return Status(e.Code)
+}
+
 // ProblemTypeBase prefixes each problem type URI; the fragment is the code.
 const ProblemTypeBase = "urn:atrium:problem:"
 
@@ -88,13 +101,7 @@ func (p Problem) MarshalJSON() ([]byte, error) {
 // logged with the request id, and their text never reaches the client.
 func WriteError(w http.ResponseWriter, r *http.Request, log zerolog.Logger, err error) {
 	e := errs.As(err)
-	status := Status(e.Code)
-	if _, retry := e.Extra["retry_after_seconds"]; e.Code == errs.QuotaExceeded && !retry {
-		// An allocation or budget quota: waiting will not help until use
-		// falls or the limit rises, so it is not a 429 (RFC 6585 means
-		// "slow down"), but a 403 whose type says quota_exceeded.
-		status = http.StatusForbidden
-	}
+	status := StatusOf(e)
 	p := Problem{
 		Type:      ProblemTypeBase + string(e.Code),
 		Title:     titles[e.Code],
