@@ -855,20 +855,25 @@ func TestAuthLogin(t *testing.T) {
 		}
 		close(start)
 		wg.Wait()
-		checked := 0
+		checked, refused := 0, 0
 		for i, s := range statuses {
 			switch s {
 			case http.StatusUnauthorized:
 				checked++ // the password was checked
 			case http.StatusTooManyRequests:
+				refused++
 			default:
 				t.Errorf("guess %d: status %d", i, s)
 			}
 		}
-		if checked > 5 {
-			t.Errorf("%d of %d parallel guesses had their password checked, want at most 5", checked, n)
+		if checked > 5 || refused < n-5 {
+			t.Errorf("%d of %d parallel guesses had their password checked and %d were refused, want at most 5 and the rest refused",
+				checked, n, refused)
 		}
-		lockedOut(t, "parallel@atrium.test", adminPassword)
+		// No check that the lock still holds afterwards: it starts when the
+		// fifth guess is counted, before the passwords are checked, and five
+		// argon2 checks on a loaded machine (-race) can outlast the first
+		// lock (2 s). The sequential subtests check the lock itself.
 	})
 
 	t.Run("unknown emails lock the same way", func(t *testing.T) {
