@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/atriumhq/atrium/platform/postgres"
 )
 
 // revocations is the in-memory revocation state every instance checks on
@@ -87,40 +89,33 @@ func (r *revocations) prune(now time.Time) {
 // Redis reconnect).
 func (s *Service) loadRevocations(ctx context.Context) error {
 	fresh := newRevocations()
-	tx, err := s.tx.Pool().BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return fmt.Errorf("load revocations: %w", err)
+	type row struct {
+		kind, id string
+		exp      *time.Time
+		gen      int64
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, `SELECT set_config('atrium.all_tenants', 'on', true)`); err != nil {
-		return fmt.Errorf("load revocations: %w", err)
-	}
-	rows, err := tx.Query(ctx, `
+	// Every tenant's users and terminals: a batch job on the cross-tenant path.
+	rows, err := postgres.Collect(postgres.AllTenants(ctx, "revocation reload"), s.tx, "auth.load_revocations",
+		func(r pgx.CollectableRow) (row, error) {
+			var x row
+			err := r.Scan(&x.kind, &x.id, &x.exp, &x.gen)
+			return x, err
+		}, `
 		SELECT kind, id, expires_at, 0::bigint FROM revocations WHERE expires_at > now()
 		UNION ALL SELECT 'gen', 'user:' || id::text, NULL, token_gen FROM users WHERE token_gen > 0
 		UNION ALL SELECT 'gen', 'terminal:' || id::text, NULL, token_gen FROM terminals WHERE token_gen > 0`)
 	if err != nil {
 		return fmt.Errorf("load revocations: %w", err)
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var kind, id string
-		var exp *time.Time
-		var gen int64
-		if err := rows.Scan(&kind, &id, &exp, &gen); err != nil {
-			return err
-		}
-		switch kind {
+	for _, x := range rows {
+		switch x.kind {
 		case "jti":
-			fresh.jtis[id] = *exp
+			fresh.jtis[x.id] = *x.exp
 		case "session":
-			fresh.sessions[id] = *exp
+			fresh.sessions[x.id] = *x.exp
 		case "gen":
-			fresh.gens[id] = gen
+			fresh.gens[x.id] = x.gen
 		}
-	}
-	if err := rows.Err(); err != nil {
-		return err
 	}
 	// Merge rather than replace: a broadcast applied while loading must not
 	// be lost.
