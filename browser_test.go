@@ -211,7 +211,7 @@ func TestBrowserAuthFlows(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(`#create-terminal`)),
 		chromedp.SendKeys(chromedp.CSS(`#create-terminal input[name="merchant_ref"]`), "shop-42"),
 		chromedp.SendKeys(chromedp.CSS(`#create-terminal input[name="name"]`), "Front till"),
-		chromedp.SendKeys(chromedp.CSS(`#create-terminal input[name="tenant_id"]`), terminalTenant),
+		chromedp.SetValue(chromedp.CSS(`#create-terminal select[name="tenant_id"]`), terminalTenant),
 		chromedp.Click(chromedp.CSS(`#create-terminal button[type="submit"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`[data-testid="client-secret"]`)),
 	)

@@ -171,3 +171,14 @@ func (u *UI) setQuota(w http.ResponseWriter, r *http.Request) {
 	}
 	u.done(w, r, back, name+" is now "+strconv.FormatInt(*value, 10)+" for this tenant.")
 }
+
+// tenantChoices lists the tenants a platform caller may pick from in a
+// create form; nil for tenant users (their own tenant is implied) and for
+// platform users who may not list tenants (they type the id).
+func (u *UI) tenantChoices(r *http.Request) ([]tenant.Tenant, error) {
+	p := principal.From(r.Context())
+	if p.TenantID != "" || !p.Has("tenants:manage") {
+		return nil, nil
+	}
+	return u.d.Tenants.List(r.Context())
+}

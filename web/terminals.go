@@ -8,6 +8,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/atriumhq/atrium/modules/auth"
+	"github.com/atriumhq/atrium/modules/tenant"
 	"github.com/atriumhq/atrium/platform/errs"
 	"github.com/atriumhq/atrium/platform/httpx"
 	"github.com/atriumhq/atrium/platform/principal"
@@ -26,6 +27,8 @@ type terminalsData struct {
 	CanManage, Platform bool
 	Form                auth.NewTerminal
 	Error               string
+	// Tenants are offered as a choice to platform callers who may list them.
+	Tenants []tenant.Tenant
 }
 
 func (u *UI) terminals(w http.ResponseWriter, r *http.Request) {
@@ -41,6 +44,12 @@ func (u *UI) terminalsPage(w http.ResponseWriter, r *http.Request, status int, f
 	p := principal.From(r.Context())
 	d := terminalsData{Terminals: ts, Now: u.d.Now().UTC(), CanManage: p.Has("terminals:manage"), Platform: p.TenantID == "",
 		Form: form, Error: problem}
+	if d.CanManage {
+		if d.Tenants, err = u.tenantChoices(r); err != nil {
+			u.fail(w, r, err)
+			return
+		}
+	}
 	d.page = u.page(w, r, "Terminals", "Terminals")
 	u.render(w, r, status, "terminals", "layout", d)
 }

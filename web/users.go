@@ -9,6 +9,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/atriumhq/atrium/modules/auth"
+	"github.com/atriumhq/atrium/modules/tenant"
 	"github.com/atriumhq/atrium/platform/errs"
 	"github.com/atriumhq/atrium/platform/httpx"
 	"github.com/atriumhq/atrium/platform/principal"
@@ -52,6 +53,8 @@ type usersData struct {
 	Form                auth.NewUser
 	Roles               []roleOption
 	Error               string
+	// Tenants are offered as a choice to platform callers who may list them.
+	Tenants []tenant.Tenant
 }
 
 func (u *UI) users(w http.ResponseWriter, r *http.Request) {
@@ -69,6 +72,10 @@ func (u *UI) usersPage(w http.ResponseWriter, r *http.Request, status int, form 
 		Form: form, Error: problem}
 	if d.CanManage {
 		if d.Roles, err = u.grantableRoles(r, p.TenantID, form.Roles); err != nil {
+			u.fail(w, r, err)
+			return
+		}
+		if d.Tenants, err = u.tenantChoices(r); err != nil {
 			u.fail(w, r, err)
 			return
 		}
