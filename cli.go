@@ -57,6 +57,7 @@ Commands:
   healthcheck  exit 0 when the local instance is ready (for Docker HEALTHCHECK)
   version      print the version
   admin        administrative tasks: create-user (the first platform administrator)
+  simbank      serve the simulated bank (a test and load-test double for bank channels)
 
 Configuration comes from ATRIUM_* environment variables (docs/operations.md).
 Run 'atrium <command> --help' for a command's flags.
@@ -82,6 +83,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return cmdVersion(rest, stdout, stderr)
 	case "admin":
 		return cmdAdmin(ctx, rest, stdin, stdout, stderr)
+	case "simbank":
+		return cmdSimbank(ctx, rest, stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, rootUsage)
 		return nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCLI(t *testing.T) {
@@ -45,6 +46,14 @@ func TestCLI(t *testing.T) {
 			code: 2, err: "ATRIUM_MASTER_KEY: is required"},
 		{name: "serve with a short master key", args: []string{"serve"}, env: map[string]string{"ATRIUM_MASTER_KEY": "hunter2hunter2hunter2A=="},
 			code: 2, err: "ATRIUM_MASTER_KEY: key \"k1\": 16 bytes, want 32"},
+		{name: "simbank help", args: []string{"simbank", "--help"}, code: 0, err: "Usage: atrium simbank"},
+		{name: "simbank bad flag", args: []string{"simbank", "--nope"}, code: 2, err: "flag provided but not defined"},
+		{name: "simbank bad duration", args: []string{"simbank", "--p50", "soon"}, code: 2, err: "invalid value \"soon\" for flag -p50"},
+		{name: "simbank p99 below p50", args: []string{"simbank", "--p50", "50ms", "--p99", "10ms"}, code: 2, err: "p99 (10ms) must not be below p50"},
+		{name: "simbank error rate", args: []string{"simbank", "--error-rate", "1.5"}, code: 2, err: "error rate must be between 0 and 1"},
+		{name: "simbank timeout rate", args: []string{"simbank", "--timeout-rate", "-1"}, code: 2, err: "timeout rate must be between 0 and 1"},
+		{name: "simbank bad outage", args: []string{"simbank", "--outage", "10s"}, code: 2, err: "START+DURATION"},
+		{name: "simbank argument", args: []string{"simbank", "extra"}, code: 2, err: "takes no arguments"},
 		{name: "healthcheck nothing listening", args: []string{"healthcheck", "--url", "http://127.0.0.1:1/readyz"}, code: 1, err: "not ready"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -83,5 +92,27 @@ func TestHealthcheckAgainstARunningInstance(t *testing.T) {
 	defer in.app.draining.Store(false)
 	if err := run(context.Background(), []string{"healthcheck", "--url", in.URL + "/readyz"}, nil, &stdout, &stderr); err == nil {
 		t.Fatal("healthcheck passed while the instance drains")
+	}
+}
+
+func TestSimbankServesUntilCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"simbank", "--addr", "127.0.0.1:0", "--p50", "0s", "--p99", "0s", "--seed", "1"}, nil, &stdout, &stderr)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("simbank: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("simbank did not stop when its context ended")
+	}
+	if !strings.Contains(stdout.String(), "simbank listening on http://127.0.0.1:") || !strings.Contains(stdout.String(), "simbank stopped") {
+		t.Fatalf("stdout %q", stdout.String())
 	}
 }
