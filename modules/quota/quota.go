@@ -324,11 +324,23 @@ func (s *Service) take(ctx context.Context, tx pgx.Tx, tenant string, d Def, n i
 	if reserve {
 		col = "reserved"
 	}
-	tag, err := tx.Exec(ctx, `UPDATE quota_usage SET `+col+` = `+col+` + $4, updated_at = now()
-		WHERE tenant_id = $1 AND quota = $2 AND period = $3 AND ($5::bigint IS NULL OR used + reserved + $4 <= $5)`,
-		tenant, d.Name, per, n, scaled)
+	add := `UPDATE quota_usage SET ` + col + ` = ` + col + ` + $4, updated_at = now()
+		WHERE tenant_id = $1 AND quota = $2 AND period = $3 AND ($5::bigint IS NULL OR used + reserved + $4 <= $5)`
+	tag, err := tx.Exec(ctx, add, tenant, d.Name, per, n, scaled)
 	if err != nil {
 		return "", err
+	}
+	if tag.RowsAffected() == 0 {
+		// Refused: first give back what expired reservations still hold
+		// (the sweep would, within 30 s), then try once more. SKIP LOCKED:
+		// never wait on a reservation the sweep or a settle holds.
+		if freed, err := s.releaseExpired(ctx, tx, tenant, d.Name, per); err != nil {
+			return "", err
+		} else if freed > 0 {
+			if tag, err = tx.Exec(ctx, add, tenant, d.Name, per, n, scaled); err != nil {
+				return "", err
+			}
+		}
 	}
 	if tag.RowsAffected() == 0 {
 		var used, reserved int64
@@ -493,6 +505,24 @@ func (s *Service) settle(ctx context.Context, tenant, id, to string) error {
 		_, err = tx.Exec(ctx, `UPDATE quota_reservations SET state = $2, updated_at = now() WHERE id = $1`, id, to)
 		return err
 	})
+}
+
+// releaseExpired releases tenant's expired, held reservations of one
+// quota and period inside tx, returning the units given back.
+func (s *Service) releaseExpired(ctx context.Context, tx pgx.Tx, tenant, quota, per string) (int64, error) {
+	var freed int64
+	err := tx.QueryRow(ctx, `WITH gone AS (
+			UPDATE quota_reservations SET state = 'released', updated_at = now()
+			WHERE id IN (SELECT id FROM quota_reservations WHERE tenant_id = $1 AND quota = $2 AND period = $3
+				AND state = 'reserved' AND expires_at < $4 FOR UPDATE SKIP LOCKED)
+			RETURNING amount)
+		SELECT coalesce(sum(amount), 0)::bigint FROM gone`, tenant, quota, per, s.now()).Scan(&freed)
+	if err != nil || freed == 0 {
+		return 0, err
+	}
+	_, err = tx.Exec(ctx, `UPDATE quota_usage SET reserved = greatest(reserved - $4, 0), updated_at = now()
+		WHERE tenant_id = $1 AND quota = $2 AND period = $3`, tenant, quota, per, freed)
+	return freed, err
 }
 
 // expireReservations releases held reservations past their expiry, on

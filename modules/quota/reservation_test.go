@@ -131,3 +131,45 @@ func TestReservationExpiry(t *testing.T) {
 		t.Errorf("tenant A after the commit: used %d reserved %d, want 4 and 0", used, reserved)
 	}
 }
+
+// A reservation that expired still holds its units until the sweep, but a
+// take that would be refused for them gives them back first: expired
+// reservations never refuse anyone.
+func TestExpiredReservationsDoNotRefuse(t *testing.T) {
+	ctx := context.Background()
+	url := testenv.Database(t, atriumsql.Migrations())
+	owner, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = owner.Close(context.Background()) })
+	var offset atomic.Int64
+	s, err := New(Deps{Tx: postgres.NewTx(testenv.AppPool(t, url), zerolog.Nop()), Redis: testenv.RedisClient(t, testenv.RedisPrefix(t)),
+		Log: zerolog.Nop(), Now: func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tenant := uuid.NewString()
+	if _, err := owner.Exec(ctx, `INSERT INTO tenants (id, name) VALUES ($1, 'Expiry')`, tenant); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := owner.Exec(ctx, `INSERT INTO quota_overrides (tenant_id, quota, value) VALUES ($1, 'max_gpus', 4)`, tenant); err != nil {
+		t.Fatal(err)
+	}
+	offset.Store(int64(-2 * time.Hour)) // reserved two hours ago, for one hour
+	stale, err := s.Reserve(ctx, tenant, "max_gpus", 3, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	offset.Store(0)
+	if _, err := s.Reserve(ctx, tenant, "max_gpus", 4, time.Minute); err != nil {
+		t.Fatalf("a reservation refused for units an expired one held: %v", err)
+	}
+	var state string
+	if err := owner.QueryRow(ctx, `SELECT state FROM quota_reservations WHERE id = $1`, stale.ID).Scan(&state); err != nil || state != "released" {
+		t.Fatalf("the expired reservation is %q (%v), want released", state, err)
+	}
+	if _, err := s.Reserve(ctx, tenant, "max_gpus", 1, time.Minute); errs.CodeOf(err) != errs.QuotaExceeded {
+		t.Fatalf("past the limit: %v, want quota_exceeded", err)
+	}
+}
