@@ -178,3 +178,15 @@ func ensureTenant(t testing.TB, in *instance, id string) {
 		t.Fatalf("create tenant %s: %v", id, err)
 	}
 }
+
+// apiAs returns a function that calls in's API with token, sending body (if
+// not nil) as JSON; responses are validated against the OpenAPI spec.
+func apiAs(t testing.TB, in *instance, token string) func(method, path string, body any) (*http.Response, []byte) {
+	return func(method, path string, body any) (*http.Response, []byte) {
+		t.Helper()
+		if body == nil {
+			return call(t, method, in.URL+path, nil, bearer(token))
+		}
+		return call(t, method, in.URL+path, jsonBody(body), withJSON(bearer(token)))
+	}
+}

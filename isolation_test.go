@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -61,13 +60,10 @@ func setUpTenantA(t *testing.T, in *instance) *tenantA {
 	t.Helper()
 	a := &tenantA{tenant: uuid.NewString()}
 	a.adminToken = loginAs(t, in, "admin@a.iso.test", adminPassword, "tenant_admin", a.tenant)
+	callA := apiAs(t, in, a.adminToken)
 	asA := func(method, path string, body any) []byte {
 		t.Helper()
-		var r io.Reader
-		if body != nil {
-			r = jsonBody(body)
-		}
-		resp, b := call(t, method, in.URL+path, r, withJSON(bearer(a.adminToken)))
+		resp, b := callA(method, path, body)
 		if resp.StatusCode/100 != 2 {
 			t.Fatalf("A's %s %s: %d %s", method, path, resp.StatusCode, b)
 		}
@@ -142,14 +138,7 @@ func TestTenantIsolationProbe(t *testing.T) {
 	tenantB := uuid.NewString()
 	adminB := loginAs(t, in, "admin@b.iso.test", adminPassword, "tenant_admin", tenantB)
 
-	asB := func(method, path string, body any) (*http.Response, []byte) {
-		t.Helper()
-		var r io.Reader
-		if body != nil {
-			r = jsonBody(body)
-		}
-		return call(t, method, in.URL+path, r, withJSON(bearer(adminB)))
-	}
+	asB := apiAs(t, in, adminB)
 	leaks := func(body []byte) []string {
 		var out []string
 		for _, s := range append(slices.Clone(a.ids), append(a.emails, a.roleName)...) {

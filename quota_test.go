@@ -71,13 +71,7 @@ func wantQuotaExceeded(t testing.TB, resp *http.Response, body []byte, name stri
 func TestQuotaLimits(t *testing.T) {
 	in := startCluster(t, 1)[0]
 	admin := loginAdmin(t, in)
-	asAdmin := func(method, path string, body any) (*http.Response, []byte) {
-		t.Helper()
-		if body == nil {
-			return call(t, method, in.URL+path, nil, bearer(admin))
-		}
-		return call(t, method, in.URL+path, jsonBody(body), withJSON(bearer(admin)))
-	}
+	asAdmin := apiAs(t, in, admin)
 	resp, body := asAdmin(http.MethodPost, "/api/v1/tenants", map[string]string{"name": "Quota Co"})
 	wantStatus(t, resp, body, http.StatusCreated)
 	tn := decodeJSON[tenant.Tenant](t, body)
@@ -129,10 +123,7 @@ func TestQuotaLimits(t *testing.T) {
 
 	// The tenant's administrator is its first user.
 	tenantAdmin := loginAs(t, in, "admin@quota.test", adminPassword, "tenant_admin", tn.ID)
-	asTenant := func(method, path string, body any) (*http.Response, []byte) {
-		t.Helper()
-		return call(t, method, in.URL+path, jsonBody(body), withJSON(bearer(tenantAdmin)))
-	}
+	asTenant := apiAs(t, in, tenantAdmin)
 	newTenantUser := func(i int) (*http.Response, []byte) {
 		t.Helper()
 		return asTenant(http.MethodPost, "/api/v1/users", map[string]string{"email": fmt.Sprintf("user%d@quota.test", i), "password": adminPassword})

@@ -31,13 +31,7 @@ func wantFieldError(t testing.TB, resp *http.Response, body []byte, status int, 
 func TestTenantAdministration(t *testing.T) {
 	in := startCluster(t, 1)[0]
 	admin := loginAdmin(t, in)
-	asAdmin := func(method, path string, body any) (*http.Response, []byte) {
-		t.Helper()
-		if body == nil {
-			return call(t, method, in.URL+path, nil, bearer(admin))
-		}
-		return call(t, method, in.URL+path, jsonBody(body), withJSON(bearer(admin)))
-	}
+	asAdmin := apiAs(t, in, admin)
 
 	resp, body := asAdmin(http.MethodPost, "/api/v1/tenants", map[string]string{"name": "  Acme Foods  "})
 	wantStatus(t, resp, body, http.StatusCreated)
@@ -138,10 +132,7 @@ func TestTenantAdministration(t *testing.T) {
 
 	t.Run("tenant users", func(t *testing.T) {
 		user := loginAs(t, in, "admin@acme.test", adminPassword, "tenant_admin", acme.ID)
-		as := func(method, path string, body any) (*http.Response, []byte) {
-			t.Helper()
-			return call(t, method, in.URL+path, jsonBody(body), withJSON(bearer(user)))
-		}
+		as := apiAs(t, in, user)
 		resp, body := call(t, http.MethodGet, in.URL+"/api/v1/tenants", nil, bearer(user))
 		wantProblem(t, resp, body, http.StatusForbidden, "forbidden")
 		resp, body = as(http.MethodPost, "/api/v1/tenants", map[string]string{"name": "Acme Spinoff"})
