@@ -5,13 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-	"github.com/rs/zerolog"
-
-	"github.com/atriumhq/atrium/platform/postgres"
 	"github.com/atriumhq/atrium/platform/testenv"
-	atriumsql "github.com/atriumhq/atrium/sql"
 )
 
 // The limits cache on the rate limiter's path: a tenant's invalidation
@@ -19,21 +13,9 @@ import (
 // limits are served at once while one background load refreshes them.
 func TestLimitsCache(t *testing.T) {
 	ctx := context.Background()
-	url := testenv.Database(t, atriumsql.Migrations())
-	owner, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = owner.Close(context.Background()) })
-	s, err := New(Deps{Tx: postgres.NewTx(testenv.AppPool(t, url), zerolog.Nop()),
-		Redis: testenv.RedisClient(t, testenv.RedisPrefix(t)), Log: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tenant := uuid.NewString()
-	if _, err := owner.Exec(ctx, `INSERT INTO tenants (id, name) VALUES ($1, 'Cache')`, tenant); err != nil {
-		t.Fatal(err)
-	}
+	env := newQuotaEnv(t)
+	s, owner := env.s, env.owner
+	tenant := env.tenant(t)
 	override := func(v int64) {
 		t.Helper()
 		if _, err := owner.Exec(ctx, `INSERT INTO quota_overrides (tenant_id, quota, value) VALUES ($1, 'payments_per_second', $2)

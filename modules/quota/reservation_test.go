@@ -2,18 +2,10 @@ package quota
 
 import (
 	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-	"github.com/rs/zerolog"
-
 	"github.com/atriumhq/atrium/platform/errs"
-	"github.com/atriumhq/atrium/platform/postgres"
-	"github.com/atriumhq/atrium/platform/testenv"
-	atriumsql "github.com/atriumhq/atrium/sql"
 )
 
 // TestReservationExpiry: the sweep (expireReservations, every 30 s on
@@ -23,24 +15,9 @@ import (
 // after it, and releasing it again is a no-op.
 func TestReservationExpiry(t *testing.T) {
 	ctx := context.Background()
-	url := testenv.Database(t, atriumsql.Migrations())
-	owner, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = owner.Close(context.Background()) })
-	var offset atomic.Int64 // the service's clock, relative to the real one
-	s, err := New(Deps{Tx: postgres.NewTx(testenv.AppPool(t, url), zerolog.Nop()), Redis: testenv.RedisClient(t, testenv.RedisPrefix(t)),
-		Log: zerolog.Nop(), Now: func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tenantA, tenantB := uuid.NewString(), uuid.NewString()
-	for _, id := range []string{tenantA, tenantB} {
-		if _, err := owner.Exec(ctx, `INSERT INTO tenants (id, name) VALUES ($1, $2)`, id, "Tenant "+id); err != nil {
-			t.Fatal(err)
-		}
-	}
+	env := newQuotaEnv(t)
+	s, owner, offset := env.s, env.owner, env.offset
+	tenantA, tenantB := env.tenant(t), env.tenant(t)
 	usage := func(tenant string) (used, reserved int64) {
 		t.Helper()
 		if err := owner.QueryRow(ctx, `SELECT used, reserved FROM quota_usage WHERE tenant_id = $1 AND quota = 'max_gpus'`, tenant).
@@ -137,22 +114,9 @@ func TestReservationExpiry(t *testing.T) {
 // reservations never refuse anyone.
 func TestExpiredReservationsDoNotRefuse(t *testing.T) {
 	ctx := context.Background()
-	url := testenv.Database(t, atriumsql.Migrations())
-	owner, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = owner.Close(context.Background()) })
-	var offset atomic.Int64
-	s, err := New(Deps{Tx: postgres.NewTx(testenv.AppPool(t, url), zerolog.Nop()), Redis: testenv.RedisClient(t, testenv.RedisPrefix(t)),
-		Log: zerolog.Nop(), Now: func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tenant := uuid.NewString()
-	if _, err := owner.Exec(ctx, `INSERT INTO tenants (id, name) VALUES ($1, 'Expiry')`, tenant); err != nil {
-		t.Fatal(err)
-	}
+	env := newQuotaEnv(t)
+	s, owner, offset := env.s, env.owner, env.offset
+	tenant := env.tenant(t)
 	if _, err := owner.Exec(ctx, `INSERT INTO quota_overrides (tenant_id, quota, value) VALUES ($1, 'max_gpus', 4)`, tenant); err != nil {
 		t.Fatal(err)
 	}
