@@ -351,27 +351,13 @@ func (s *RateLimits) Close() error {
 func (s *RateLimits) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Go(func() {
-		t := time.NewTicker(30 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := s.reload(ctx); err != nil && ctx.Err() == nil {
-					s.log.Warn().Err(err).Msg("periodic rate-limit rule reload failed")
-				}
-			}
-		}
-	})
 	wg.Go(func() { s.runFlush(ctx) })
-	reload := func() {
+	// A message only says that the rules changed: reread them all.
+	return s.events.Follow(ctx, s.log, 30*time.Second, s.reload, func(string) {
 		if err := s.reload(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn().Err(err).Msg("rate-limit rule reload failed; retried within 30 s")
 		}
-	}
-	return s.events.Subscribe(ctx, s.log, reload, func(string) { reload() })
+	})
 }
 
 const ruleColumns = `id, description, route_class, key_by, quota, rate, period_ms, burst, mode, fail_mode, enabled, updated_at, updated_by`

@@ -159,26 +159,7 @@ func (s *Service) Active(_ context.Context, tenant string) error {
 // Run keeps the suspended set current: broadcasts as they come, a reload
 // on every (re)subscription and every 30 s. It returns when ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	go func() {
-		t := time.NewTicker(30 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := s.load(ctx); err != nil && ctx.Err() == nil {
-					s.log.Warn().Err(err).Msg("periodic tenant reload failed")
-				}
-			}
-		}
-	}()
-	onReady := func() {
-		if err := s.load(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn().Err(err).Msg("reload tenants on resubscribe")
-		}
-	}
-	return s.events.Subscribe(ctx, s.log, onReady, s.apply)
+	return s.events.Follow(ctx, s.log, 30*time.Second, s.load, s.apply)
 }
 
 const columns = `id, name, status, plan, created_at, updated_at, suspended_at`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -86,4 +87,33 @@ func (b *Broadcast[T]) Subscribe(ctx context.Context, log zerolog.Logger, onRead
 			fn(v)
 		}
 	}
+}
+
+// Follow keeps state that every instance holds in memory current: fn
+// applies each message, and reload rereads the state from the system of
+// record on every (re)subscription (messages sent while unsubscribed are
+// lost) and every `every` (a publish that failed elsewhere is caught up).
+// A failed reload is logged and retried at the next of those. Follow
+// returns when ctx ends.
+func (b *Broadcast[T]) Follow(ctx context.Context, log zerolog.Logger, every time.Duration, reload func(context.Context) error, fn func(T)) error {
+	load := func(when string) {
+		if err := reload(ctx); err != nil && ctx.Err() == nil {
+			log.Warn().Err(err).Str("channel", b.channel).Str("when", when).Msg("reload failed; retried at the next resubscription or period")
+		}
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				load("periodic")
+			}
+		}
+	})
+	return b.Subscribe(ctx, log, func() { load("subscribed") }, fn)
 }

@@ -150,3 +150,35 @@ func TestBroadcastNamesAreSeparate(t *testing.T) {
 		t.Errorf("received %v, want only %v", got, marker)
 	}
 }
+
+// TestBroadcastFollow: Follow reloads when subscribed and then every
+// period, applies messages, and returns once its context ends.
+func TestBroadcastFollow(t *testing.T) {
+	prefix := testenv.RedisPrefix(t)
+	sub, pub := connect(t, prefix), connect(t, prefix)
+	var reloads atomic.Int32
+	var mu sync.Mutex
+	var got []invalidation
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- redisx.NewBroadcast[invalidation](sub, "follow").Follow(ctx, zerolog.Nop(), 50*time.Millisecond,
+			func(context.Context) error { reloads.Add(1); return nil },
+			func(v invalidation) { mu.Lock(); got = append(got, v); mu.Unlock() })
+	}()
+	testenv.Eventually(t, 5*time.Second, "no reload on subscribe", func() bool { return reloads.Load() >= 1 })
+	if err := redisx.NewBroadcast[invalidation](pub, "follow").Publish(context.Background(), invalidation{"t1", 1}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, "the message was not applied", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 1 })
+	testenv.Eventually(t, 5*time.Second, "no periodic reload", func() bool { return reloads.Load() >= 3 })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Follow returned %v after its context ended", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Follow did not return after its context ended")
+	}
+}
