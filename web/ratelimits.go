@@ -159,7 +159,7 @@ func (u *UI) createRule(w http.ResponseWriter, r *http.Request) {
 		_, err = rl.Create(r.Context(), in)
 	}
 	if err != nil {
-		if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict || c == errs.QuotaExceeded {
+		if formProblem(err) {
 			u.rateLimitsPage(w, r, httpx.StatusOf(err), f, problemText(err))
 			return
 		}

@@ -46,7 +46,7 @@ func (u *UI) createTenant(w http.ResponseWriter, r *http.Request) {
 	in := tenant.NewTenant{Name: r.PostFormValue("name"), Plan: r.PostFormValue("plan")}
 	t, err := u.d.Tenants.Create(r.Context(), in)
 	if err != nil {
-		if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict || c == errs.QuotaExceeded {
+		if formProblem(err) {
 			u.tenantsPage(w, r, httpx.StatusOf(err), in, problemText(err))
 			return
 		}

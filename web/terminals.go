@@ -63,7 +63,7 @@ func (u *UI) createTerminal(w http.ResponseWriter, r *http.Request) {
 		TenantID: strings.TrimSpace(r.PostFormValue("tenant_id"))}
 	t, err := u.d.Auth.CreateTerminal(r.Context(), in)
 	if err != nil {
-		if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict || c == errs.QuotaExceeded {
+		if formProblem(err) {
 			u.terminalsPage(w, r, httpx.StatusOf(err), in, problemText(err))
 			return
 		}

@@ -89,7 +89,7 @@ func (u *UI) createUser(w http.ResponseWriter, r *http.Request) {
 		Password: r.PostFormValue("password"), TenantID: strings.TrimSpace(r.PostFormValue("tenant_id")), Roles: r.PostForm["roles"]}
 	nu, err := u.d.Auth.CreateUser(r.Context(), in)
 	if err != nil {
-		if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict || c == errs.QuotaExceeded {
+		if formProblem(err) {
 			in.Password = ""
 			u.usersPage(w, r, httpx.StatusOf(err), in, problemText(err))
 			return
@@ -134,12 +134,23 @@ func (u *UI) user(w http.ResponseWriter, r *http.Request) {
 // back as a message on the page they came from, anything else as an error
 // page.
 func (u *UI) formFailed(w http.ResponseWriter, r *http.Request, back string, err error) {
-	if c := errs.CodeOf(err); c == errs.Invalid || c == errs.Conflict || c == errs.QuotaExceeded {
+	if formProblem(err) {
 		u.setFlash(w, "bad", problemText(err))
 		http.Redirect(w, r, back, http.StatusSeeOther)
 		return
 	}
 	u.fail(w, r, err)
+}
+
+// formProblem reports whether err is the user's to fix on the form
+// (invalid, conflict, over quota), shown with the form rather than as an
+// error page.
+func formProblem(err error) bool {
+	switch errs.CodeOf(err) {
+	case errs.Invalid, errs.Conflict, errs.QuotaExceeded:
+		return true
+	}
+	return false
 }
 
 // problemText is an invalid or conflict error as a sentence for a form.
