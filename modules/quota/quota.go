@@ -121,7 +121,9 @@ func New(d Deps) (*Service, error) {
 // tenant's limits when they change anywhere, and all of them on
 // resubscribe. Expired reservations are released every 30 s.
 func (s *Service) Run(ctx context.Context) error {
-	go func() {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
 		t := time.NewTicker(30 * time.Second)
 		defer t.Stop()
 		for {
@@ -136,7 +138,7 @@ func (s *Service) Run(ctx context.Context) error {
 				}
 			}
 		}
-	}()
+	})
 	return s.events.Subscribe(ctx, s.log, func() { s.forget("*") }, s.forget)
 }
 
@@ -530,15 +532,16 @@ func (s *Service) releaseExpired(ctx context.Context, tx pgx.Tx, tenant, quota, 
 func (s *Service) expireReservations(ctx context.Context) (int64, error) {
 	var n int64
 	err := s.tx.Do(postgres.AllTenants(ctx, "quota reservation expiry"), "quota.expire", func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `WITH gone AS (
+		// n counts the reservations released, not the usage rows updated.
+		return tx.QueryRow(ctx, `WITH gone AS (
 				UPDATE quota_reservations SET state = 'released', updated_at = now()
 				WHERE id IN (SELECT id FROM quota_reservations WHERE state = 'reserved' AND expires_at < now() LIMIT 1000 FOR UPDATE SKIP LOCKED)
-				RETURNING tenant_id, quota, period, amount)
-			UPDATE quota_usage u SET reserved = greatest(u.reserved - g.amount, 0), updated_at = now()
-			FROM (SELECT tenant_id, quota, period, sum(amount) AS amount FROM gone GROUP BY 1, 2, 3) g
-			WHERE u.tenant_id = g.tenant_id AND u.quota = g.quota AND u.period = g.period`)
-		n = tag.RowsAffected()
-		return err
+				RETURNING tenant_id, quota, period, amount),
+			given_back AS (
+				UPDATE quota_usage u SET reserved = greatest(u.reserved - g.amount, 0), updated_at = now()
+				FROM (SELECT tenant_id, quota, period, sum(amount) AS amount FROM gone GROUP BY 1, 2, 3) g
+				WHERE u.tenant_id = g.tenant_id AND u.quota = g.quota AND u.period = g.period)
+			SELECT count(*) FROM gone`).Scan(&n)
 	})
 	return n, err
 }
