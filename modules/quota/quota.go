@@ -402,18 +402,6 @@ func (s *Service) consumeAt(ctx context.Context, tx pgx.Tx, tenant, quota string
 	return err
 }
 
-// Free gives back n units of an allocation quota inside the caller's
-// transaction (the object was removed). Use never goes below zero.
-func (s *Service) Free(ctx context.Context, tx pgx.Tx, tenant, quota string, n int64) error {
-	d, err := s.def(quota, Allocation)
-	if err != nil {
-		return err
-	}
-	_, err = tx.Exec(ctx, `UPDATE quota_usage SET used = greatest(used - $3, 0), updated_at = now()
-		WHERE tenant_id = $1 AND quota = $2 AND period = ''`, tenant, d.Name, n)
-	return err
-}
-
 // Reservation is capacity held for a tenant between Reserve and Commit or
 // Release.
 type Reservation struct {
