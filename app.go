@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/atriumhq/atrium/modules/auth"
+	"github.com/atriumhq/atrium/modules/payment"
 	"github.com/atriumhq/atrium/modules/quota"
 	"github.com/atriumhq/atrium/modules/tenant"
 	"github.com/atriumhq/atrium/platform/cluster"
@@ -70,6 +71,7 @@ type app struct {
 	tenants   *tenant.Service
 	quotas    *quota.Service
 	meter     *quota.Meter
+	payments  *payment.Service
 	// rateLimits checks every API request against the rate-limit rules.
 	rateLimits *quota.RateLimits
 	listener   net.Listener
@@ -154,7 +156,31 @@ func openApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *app
 		return nil, err
 	}
 
+	cards, err := cfg.CardKeyring()
+	if err != nil {
+		return nil, &config.Error{Var: "ATRIUM_PAYMENTS_CARD_KEYS", Problem: err.Error()}
+	}
+	a.payments, err = payment.New(payment.Config{Channels: cfg.Payments.Channels, IdempotencyTTL: cfg.Payments.IdempotencyTTL,
+		RecoverAfter: cfg.Payments.RecoverAfter, RecoveryInterval: cfg.Payments.RecoveryInterval},
+		payment.Deps{Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "payment"), Cards: cards,
+			Terminals: terminalProfiles{a.auth}, Usage: a.meter, Instance: cfg.InstanceID})
+	if err != nil {
+		var ce payment.ChannelsError
+		if errors.As(err, &ce) {
+			return nil, &config.Error{Var: "ATRIUM_PAYMENTS_CHANNELS", Problem: err.Error()}
+		}
+		return nil, err
+	}
+
 	return a, nil
+}
+
+// terminalProfiles gives the payment module the auth module's terminals.
+type terminalProfiles struct{ auth *auth.Service }
+
+func (t terminalProfiles) TerminalProfile(ctx context.Context, id string) (payment.Terminal, error) {
+	ref, test, err := t.auth.TerminalProfile(ctx, id)
+	return payment.Terminal{MerchantRef: ref, TestMode: test}, err
 }
 
 // newApp opens the instance's connections and modules (openApp), then its
@@ -299,6 +325,7 @@ func (a *app) buildRouter(opts ...appOption) error {
 			a.quotas.Register(r)
 			a.meter.Register(r)
 			a.rateLimits.Register(r)
+			a.payments.Register(r)
 			r.Mount("/", a.auth.Routes())
 		})
 		r.Mount("/", ui.Routes())
@@ -373,6 +400,7 @@ func (a *app) serve(ctx context.Context) error {
 	workers.Go(func() { _ = a.quotas.Run(workCtx) })
 	workers.Go(func() { _ = a.meter.Run(workCtx) })
 	workers.Go(func() { _ = a.rateLimits.Run(workCtx) })
+	workers.Go(func() { _ = a.payments.Run(workCtx) })
 
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(a.listener) }()

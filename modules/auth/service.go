@@ -65,6 +65,8 @@ type Service struct {
 	events *redisx.Broadcast[event]
 	ready  chan struct{} // closed once the first subscription is live
 	once   sync.Once
+	// profiles caches TerminalProfile by terminal id.
+	profiles sync.Map
 }
 
 // New validates its dependencies and loads (creating on first start) the

@@ -5,11 +5,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/atriumhq/atrium/platform/auditlog"
-
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/atriumhq/atrium/platform/auditlog"
 	"github.com/atriumhq/atrium/platform/errs"
 	"github.com/atriumhq/atrium/platform/postgres"
 	"github.com/atriumhq/atrium/platform/principal"
@@ -20,13 +19,16 @@ import (
 // SHA-256 hash: with that much entropy a slow password hash adds nothing
 // but latency to every token request.
 type Terminal struct {
-	ID          string     `json:"id"`
-	TenantID    string     `json:"tenant_id"`
-	MerchantRef string     `json:"merchant_ref"`
-	Name        string     `json:"name"`
-	Status      string     `json:"status"`
-	LastSeenAt  *time.Time `json:"last_seen_at"`
-	CreatedAt   time.Time  `json:"created_at"`
+	ID          string `json:"id"`
+	TenantID    string `json:"tenant_id"`
+	MerchantRef string `json:"merchant_ref"`
+	Name        string `json:"name"`
+	Status      string `json:"status"`
+	// TestMode terminals run payments end to end against the simulated
+	// bank, marked livemode=false and kept out of live reports.
+	TestMode   bool       `json:"test_mode"`
+	LastSeenAt *time.Time `json:"last_seen_at"`
+	CreatedAt  time.Time  `json:"created_at"`
 	// Secret is set only in the answer to CreateTerminal.
 	Secret string `json:"client_secret,omitempty"`
 }
@@ -36,6 +38,7 @@ type NewTerminal struct {
 	MerchantRef string `json:"merchant_ref" required:"true"`
 	Name        string `json:"name"`
 	TenantID    string `json:"tenant_id"`
+	TestMode    bool   `json:"test_mode"`
 }
 
 // CreateTerminal registers a terminal and returns it with its client
@@ -53,10 +56,10 @@ func (s *Service) CreateTerminal(ctx context.Context, in NewTerminal) (*Terminal
 	secret, hash := newOpaque()
 	now := s.now()
 	t := &Terminal{ID: uuid.Must(uuid.NewV7()).String(), TenantID: in.TenantID, MerchantRef: in.MerchantRef,
-		Name: strings.TrimSpace(in.Name), Status: "active", CreatedAt: now, Secret: secret}
+		Name: strings.TrimSpace(in.Name), Status: "active", TestMode: in.TestMode, CreatedAt: now, Secret: secret}
 	err = s.tx.Do(ctx, "auth.create_terminal", func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO terminals (id, tenant_id, merchant_ref, name, secret_hash, created_at)
-			VALUES ($1, $2, $3, $4, $5, $6)`, t.ID, t.TenantID, t.MerchantRef, t.Name, hash, now); isForeignKey(err) {
+		if _, err := tx.Exec(ctx, `INSERT INTO terminals (id, tenant_id, merchant_ref, name, secret_hash, test_mode, created_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)`, t.ID, t.TenantID, t.MerchantRef, t.Name, hash, t.TestMode, now); isForeignKey(err) {
 			return errs.Field("tenant_id", "no such tenant")
 		} else if err != nil {
 			return err
@@ -64,7 +67,7 @@ func (s *Service) CreateTerminal(ctx context.Context, in NewTerminal) (*Terminal
 		if err := s.useQuota(ctx, tx, t.TenantID, "max_terminals", 1); err != nil {
 			return err
 		}
-		return auditlog.Record(ctx, tx, now, t.TenantID, auditlog.Actor(ctx), "terminal.create", "terminal:"+t.ID, map[string]any{"merchant_ref": t.MerchantRef})
+		return auditlog.Record(ctx, tx, now, t.TenantID, auditlog.Actor(ctx), "terminal.create", "terminal:"+t.ID, map[string]any{"merchant_ref": t.MerchantRef, "test_mode": t.TestMode})
 	})
 	if err != nil {
 		return nil, err
@@ -77,13 +80,13 @@ func (s *Service) ListTerminals(ctx context.Context) ([]Terminal, error) {
 	if err := principal.Check(ctx, "terminals:read"); err != nil {
 		return nil, err
 	}
-	return postgres.Collect(ctx, s.tx, "auth.list_terminals", scanTerminal, `SELECT id, tenant_id, merchant_ref, name, status, last_seen_at, created_at
+	return postgres.Collect(ctx, s.tx, "auth.list_terminals", scanTerminal, `SELECT id, tenant_id, merchant_ref, name, status, test_mode, last_seen_at, created_at
 		FROM terminals WHERE ($1 = '' OR tenant_id::text = $1) ORDER BY created_at DESC`, scopeArg(ctx))
 }
 
 func scanTerminal(r pgx.CollectableRow) (Terminal, error) {
 	var t Terminal
-	err := r.Scan(&t.ID, &t.TenantID, &t.MerchantRef, &t.Name, &t.Status, &t.LastSeenAt, &t.CreatedAt)
+	err := r.Scan(&t.ID, &t.TenantID, &t.MerchantRef, &t.Name, &t.Status, &t.TestMode, &t.LastSeenAt, &t.CreatedAt)
 	return t, err
 }
 
@@ -103,7 +106,7 @@ func (s *Service) SetTerminalStatus(ctx context.Context, id, status string) (*Te
 	var gen int64
 	err := s.tx.Do(ctx, "auth.terminal_status", func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `UPDATE terminals SET status = $2 WHERE id = $1 AND ($3 = '' OR tenant_id::text = $3)
-			RETURNING id, tenant_id, merchant_ref, name, status, last_seen_at, created_at`, id, status, scopeArg(ctx))
+			RETURNING id, tenant_id, merchant_ref, name, status, test_mode, last_seen_at, created_at`, id, status, scopeArg(ctx))
 		if err != nil {
 			return err
 		}
@@ -131,4 +134,29 @@ func (s *Service) SetTerminalStatus(ctx context.Context, id, status string) (*Te
 		s.publish(ctx, event{Kind: "gen", ID: "terminal:" + id, Gen: gen})
 	}
 	return &t, nil
+}
+
+// TerminalProfile returns what the payment module needs of a terminal in
+// ctx's scope: its merchant and whether it is in test mode. Both are fixed
+// at creation, so each instance remembers them after the first read.
+func (s *Service) TerminalProfile(ctx context.Context, id string) (merchantRef string, testMode bool, err error) {
+	type profile struct {
+		ref  string
+		test bool
+	}
+	if v, ok := s.profiles.Load(id); ok {
+		p := v.(profile)
+		return p.ref, p.test, nil
+	}
+	var p profile
+	err = s.tx.QueryRow(ctx, "auth.terminal_profile", `SELECT merchant_ref, test_mode FROM terminals WHERE id = $1`,
+		[]any{id}, &p.ref, &p.test)
+	if postgres.IsNoRows(err) {
+		return "", false, errs.E(errs.NotFound, "no such terminal")
+	}
+	if err != nil {
+		return "", false, err
+	}
+	s.profiles.Store(id, p)
+	return p.ref, p.test, nil
 }

@@ -39,6 +39,24 @@ type Config struct {
 	Log      Log
 	Auth     Auth
 	Usage    Usage
+	Payments Payments
+}
+
+// Payments configures the payment module (modules/payment).
+type Payments struct {
+	Channels         []string      `envconfig:"CHANNELS" desc:"bank channels, comma-separated name=base-URL entries in priority order (e.g. simbank=http://127.0.0.1:8090); empty: payments answer 503"`
+	CardKeys         string        `envconfig:"CARD_KEYS" secret:"true" desc:"keyring that seals card numbers (same form as ATRIUM_MASTER_KEY, current key first); default: ATRIUM_MASTER_KEY. After adding a key, run atrium payments rekey"`
+	IdempotencyTTL   time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h" desc:"how long an Idempotency-Key and its stored response are kept (at least 24h)"`
+	RecoverAfter     time.Duration `envconfig:"RECOVER_AFTER" default:"60s" desc:"age at which a payment still processing is resolved by asking the bank (above the 20s channel call bound)"`
+	RecoveryInterval time.Duration `envconfig:"RECOVERY_INTERVAL" default:"5s" desc:"how often the recovery leader looks for payments and refunds to resolve"`
+}
+
+// CardKeyring is the keyring card numbers are sealed with.
+func (c Config) CardKeyring() (*keyring.Keyring, error) {
+	if c.Payments.CardKeys != "" {
+		return keyring.Parse(c.Payments.CardKeys)
+	}
+	return keyring.Parse(c.MasterKey)
 }
 
 // Usage configures usage metering (modules/quota/metering.go).
@@ -253,6 +271,20 @@ func (c Config) Validate() error {
 	if c.Usage.FlushInterval < time.Second || c.Usage.FlushInterval > time.Hour {
 		return &Error{Var: "ATRIUM_USAGE_FLUSH_INTERVAL", Problem: "must be between 1s and 1h"}
 	}
+	if c.Payments.CardKeys != "" {
+		if _, err := keyring.Parse(c.Payments.CardKeys); err != nil {
+			return &Error{Var: "ATRIUM_PAYMENTS_CARD_KEYS", Problem: err.Error()}
+		}
+	}
+	if c.Payments.IdempotencyTTL < 24*time.Hour {
+		return &Error{Var: "ATRIUM_PAYMENTS_IDEMPOTENCY_TTL", Problem: "must be at least 24h"}
+	}
+	if c.Payments.RecoverAfter <= 20*time.Second {
+		return &Error{Var: "ATRIUM_PAYMENTS_RECOVER_AFTER", Problem: "must be above 20s (the longest a channel call runs)"}
+	}
+	if c.Payments.RecoveryInterval < 100*time.Millisecond {
+		return &Error{Var: "ATRIUM_PAYMENTS_RECOVERY_INTERVAL", Problem: "must be at least 100ms"}
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -362,3 +394,4 @@ func (b OptBool) String() string {
 	}
 	return strconv.FormatBool(b.Value)
 }
+

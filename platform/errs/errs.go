@@ -21,6 +21,7 @@ const (
 	Forbidden       Code = "forbidden"       // authenticated, but not allowed
 	NotFound        Code = "not_found"       // no such object (or not visible to the caller)
 	Conflict        Code = "conflict"        // the object's state forbids the operation
+	Unprocessable   Code = "unprocessable"   // well-formed, but contradicts an earlier request (an idempotency key reused with other parameters)
 	QuotaExceeded   Code = "quota_exceeded"  // a quota or rate limit refuses the request
 	Unavailable     Code = "unavailable"     // a dependency is down or overloaded; retry later
 	Internal        Code = "internal"        // a bug or unexpected failure; details are logged, never shown

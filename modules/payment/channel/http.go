@@ -185,6 +185,17 @@ func (c *HTTP) SetBreakerMode(m BreakerMode) error {
 	return nil
 }
 
+// Refusing reports whether a call now would be refused at once: the
+// operator forced the breaker open, or it is open and not yet probing.
+func (c *HTTP) Refusing() bool {
+	c.modeMu.RLock()
+	mode := c.mode
+	c.modeMu.RUnlock()
+	// Once the delay has passed, an open breaker half-opens on the next
+	// call: that call is the probe, so it is not refused here.
+	return mode == BreakerForcedOpen || (mode == BreakerAuto && c.breaker.IsOpen() && c.breaker.RemainingDelay() > 0)
+}
+
 // Stats is a snapshot of a channel for the dashboard.
 type Stats struct {
 	Name           string        `json:"name"`
