@@ -394,4 +394,3 @@ func (b OptBool) String() string {
 	}
 	return strconv.FormatBool(b.Value)
 }
-
