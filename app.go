@@ -21,6 +21,7 @@ import (
 
 	"github.com/atriumhq/atrium/modules/auth"
 	"github.com/atriumhq/atrium/modules/payment"
+	"github.com/atriumhq/atrium/modules/payment/channel"
 	"github.com/atriumhq/atrium/modules/quota"
 	"github.com/atriumhq/atrium/modules/tenant"
 	"github.com/atriumhq/atrium/platform/cluster"
@@ -161,7 +162,9 @@ func openApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *app
 		return nil, &config.Error{Var: "ATRIUM_PAYMENTS_CARD_KEYS", Problem: err.Error()}
 	}
 	a.payments, err = payment.New(payment.Config{Channels: cfg.Payments.Channels, IdempotencyTTL: cfg.Payments.IdempotencyTTL,
-		RecoverAfter: cfg.Payments.RecoverAfter, RecoveryInterval: cfg.Payments.RecoveryInterval},
+		RecoverAfter: cfg.Payments.RecoverAfter, RecoveryInterval: cfg.Payments.RecoveryInterval, CallTimeout: cfg.Payments.CallTimeout,
+		Channel: channel.Config{TimeoutFloor: cfg.Payments.TimeoutFloor, TimeoutCeiling: cfg.Payments.TimeoutCeiling,
+			MaxConcurrent: cfg.Payments.MaxConcurrent}},
 		payment.Deps{Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "payment"), Cards: cards,
 			Terminals: terminalProfiles{a.auth}, Usage: a.meter, Instance: cfg.InstanceID})
 	if err != nil {

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"encoding/base64"
 	"encoding/json"
+	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -10,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/atriumhq/atrium/modules/auth"
+	"github.com/atriumhq/atrium/modules/payment"
 	"github.com/atriumhq/atrium/modules/quota"
 	"github.com/atriumhq/atrium/modules/tenant"
 )
@@ -50,6 +54,7 @@ type tenantA struct {
 	tenant, adminID, adminToken         string
 	user, userEmail, userToken, session string
 	terminal, role, roleName            string
+	merchant, payment                   string
 	// ids and emails are every id and email above, for list checks.
 	ids, emails []string
 	// params maps each path parameter to the object of A's it names.
@@ -81,13 +86,21 @@ func setUpTenantA(t *testing.T, in *instance) *tenantA {
 	}
 	a.session = sessions[0].ID
 
+	a.merchant = decodeJSON[payment.Merchant](t, asA(http.MethodPost, "/api/v1/merchants", map[string]any{
+		"ref": "m-a", "name": "Shop A", "mcc": "5411", "settlement_account": "A-ACCT"})).ID
 	term := decodeJSON[auth.Terminal](t, asA(http.MethodPost, "/api/v1/terminals", map[string]string{"merchant_ref": "m-a", "name": "Till A"}))
 	a.terminal = term.ID
+	basic := http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte(term.ID+":"+term.Secret))}}
+	resp, body := postForm(t, in.URL+"/oauth2/token", url.Values{"grant_type": {"client_credentials"}}, basic)
+	wantStatus(t, resp, body, http.StatusOK)
+	resp, body = post(t, in, decodeJSON[authTokens](t, body).AccessToken, "/api/v1/payments", uuid.NewString(), cardPayment(1234))
+	wantStatus(t, resp, body, http.StatusCreated)
+	a.payment = decodeJSON[payment.Payment](t, body).ID
 	a.roleName = "a_auditor"
 	a.role = decodeJSON[auth.Role](t, asA(http.MethodPost, "/api/v1/roles",
 		map[string]any{"name": a.roleName, "permissions": []string{"audit:read"}})).ID
 
-	a.ids = []string{a.tenant, a.adminID, a.user, a.session, a.terminal, a.role}
+	a.ids = []string{a.tenant, a.adminID, a.user, a.session, a.terminal, a.role, a.merchant, a.payment}
 	a.emails = []string{"admin@a.iso.test", a.userEmail}
 	// The object of A's that each path parameter names. A route with a
 	// parameter missing here fails the probe: add the id of an object of
@@ -98,6 +111,8 @@ func setUpTenantA(t *testing.T, in *instance) *tenantA {
 		"sessions/{id}":  a.session,
 		"terminals/{id}": a.terminal,
 		"roles/{id}":     a.role,
+		"merchants/{id}": a.merchant,
+		"payments/{id}":  a.payment,
 		"quotas/{quota}": "max_users",
 		// Rate-limit rules are platform settings, no tenant's: a tenant's
 		// administrator must be refused them like any id.
@@ -133,12 +148,29 @@ type probeProblem struct {
 }
 
 func TestTenantIsolationProbe(t *testing.T) {
-	in := startCluster(t, 1)[0]
+	in := startPaymentCluster(t, 1)[0]
 	a := setUpTenantA(t, in)
 	tenantB := uuid.NewString()
 	adminB := loginAs(t, in, "admin@b.iso.test", adminPassword, "tenant_admin", tenantB)
 
 	asB := apiAs(t, in, adminB)
+	// probe calls as B, with an Idempotency-Key on POSTs (the payment
+	// routes refuse a POST without one before any lookup).
+	probe := func(method, path string, body any) (*http.Response, []byte) {
+		t.Helper()
+		h := bearer(adminB)
+		if body != nil {
+			h = withJSON(h)
+		}
+		if method == http.MethodPost {
+			h.Set("Idempotency-Key", "probe-"+uuid.NewString())
+		}
+		var rd io.Reader
+		if body != nil {
+			rd = jsonBody(body)
+		}
+		return call(t, method, in.URL+path, rd, h)
+	}
 	leaks := func(body []byte) []string {
 		var out []string
 		for _, s := range append(slices.Clone(a.ids), append(a.emails, a.roleName)...) {
@@ -151,7 +183,8 @@ func TestTenantIsolationProbe(t *testing.T) {
 
 	// Lists first, before B has sent any of A's ids anywhere.
 	t.Run("lists", func(t *testing.T) {
-		for _, path := range []string{"/api/v1/users", "/api/v1/terminals", "/api/v1/roles", "/api/v1/audit", "/api/v1/quotas"} {
+		for _, path := range []string{"/api/v1/users", "/api/v1/terminals", "/api/v1/roles", "/api/v1/audit", "/api/v1/quotas",
+			"/api/v1/merchants", "/api/v1/payments"} {
 			resp, body := asB(http.MethodGet, path, nil)
 			wantStatus(t, resp, body, http.StatusOK)
 			if l := leaks(body); len(l) > 0 {
@@ -194,8 +227,8 @@ func TestTenantIsolationProbe(t *testing.T) {
 		}
 		probed++
 		t.Run(rt, func(t *testing.T) {
-			resp, got := asB(method, path, body)
-			respNowhere, gotNowhere := asB(method, nowhere, body)
+			resp, got := probe(method, path, body)
+			respNowhere, gotNowhere := probe(method, nowhere, body)
 			// The problem's instance member echoes the path B sent; beyond
 			// it, no id of A's may appear.
 			if l := leaks([]byte(strings.ReplaceAll(string(got), path, ""))); len(l) > 0 {
@@ -248,6 +281,9 @@ func TestTenantIsolationProbe(t *testing.T) {
 		}
 		if tn := decodeJSON[tenant.Tenant](t, asA("/api/v1/tenants/"+a.tenant)); tn.Status != "active" || tn.Name != "Tenant "+a.tenant {
 			t.Errorf("A's tenant after B's attempts: %+v", tn)
+		}
+		if p := decodeJSON[payment.Payment](t, asA("/api/v1/payments/"+a.payment)); p.Status != payment.StatusSucceeded || p.Refunded != 0 || len(p.Refunds) != 0 {
+			t.Errorf("A's payment after B's attempts: %+v", p)
 		}
 		for _, q := range decodeJSON[struct{ Quotas []quota.Status }](t, asA("/api/v1/tenants/"+a.tenant+"/quotas")).Quotas {
 			if q.Overridden {

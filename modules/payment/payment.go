@@ -380,15 +380,10 @@ func isUnique(err error, constraint string) bool {
 	return errors.As(err, &pe) && pe.Code == "23505" && (constraint == "" || pe.ConstraintName == constraint)
 }
 
-// callTimeout bounds a channel call whatever the caller's deadline: the
-// call runs to its end even when the terminal hangs up, so that its outcome
-// is recorded.
-const callTimeout = 20 * time.Second
-
 // pay calls the channels in route order, failing over while a channel
 // refuses without charging, and records the outcome.
 func (s *Service) pay(ctx context.Context, pay *Payment, routes []*namedChannel, source string) (*Response, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), callTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.CallTimeout)
 	defer cancel()
 	var last error
 	for i, nc := range routes {

@@ -148,7 +148,7 @@ func (s *Service) CreateRefund(ctx context.Context, key, paymentID, kind string,
 	if !ok {
 		return nil, s.abandonRefund(ctx, ref, errs.E(errs.Unavailable, "bank channel %s is no longer configured", ref.Channel))
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), callTimeout)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.CallTimeout)
 	defer cancel()
 	res, err := nc.ch.Refund(cctx, channel.RefundRequest{ID: ref.ID, ChargeID: paymentID, Amount: ref.Amount})
 	if errs.CodeOf(err) == errs.Unavailable {

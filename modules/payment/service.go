@@ -53,6 +53,12 @@ type Config struct {
 	RecoverAfter time.Duration
 	// RecoveryInterval is how often the recovery leader scans.
 	RecoveryInterval time.Duration
+	// CallTimeout bounds one payment's or refund's channel calls, failover
+	// included, whatever the client does (default 20s).
+	CallTimeout time.Duration
+	// Channel is the template of every channel's configuration (timeouts,
+	// retries, breaker, bulkhead); Name and BaseURL come from Channels.
+	Channel channel.Config
 }
 
 // Deps are what the payment module needs from the process.
@@ -87,8 +93,11 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if cfg.IdempotencyTTL < 24*time.Hour {
 		cfg.IdempotencyTTL = 24 * time.Hour
 	}
-	if cfg.RecoverAfter <= callTimeout {
-		cfg.RecoverAfter = 2 * callTimeout
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 20 * time.Second
+	}
+	if cfg.RecoverAfter <= cfg.CallTimeout {
+		cfg.RecoverAfter = 2 * cfg.CallTimeout
 	}
 	if cfg.RecoveryInterval <= 0 {
 		cfg.RecoveryInterval = 5 * time.Second
@@ -99,7 +108,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if deps.Cards == nil || deps.Terminals == nil || deps.Tx == nil {
 		return nil, errors.New("payment: Tx, Cards and Terminals are required")
 	}
-	chs, err := NewChannels(cfg.Channels, channel.Config{})
+	chs, err := NewChannels(cfg.Channels, cfg.Channel)
 	if err != nil {
 		return nil, err
 	}

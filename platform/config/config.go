@@ -47,7 +47,11 @@ type Payments struct {
 	Channels         []string      `envconfig:"CHANNELS" desc:"bank channels, comma-separated name=base-URL entries in priority order (e.g. simbank=http://127.0.0.1:8090); empty: payments answer 503"`
 	CardKeys         string        `envconfig:"CARD_KEYS" secret:"true" desc:"keyring that seals card numbers (same form as ATRIUM_MASTER_KEY, current key first); default: ATRIUM_MASTER_KEY. After adding a key, run atrium payments rekey"`
 	IdempotencyTTL   time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h" desc:"how long an Idempotency-Key and its stored response are kept (at least 24h)"`
-	RecoverAfter     time.Duration `envconfig:"RECOVER_AFTER" default:"60s" desc:"age at which a payment still processing is resolved by asking the bank (above the 20s channel call bound)"`
+	TimeoutFloor     time.Duration `envconfig:"TIMEOUT_FLOOR" default:"50ms" desc:"lowest per-attempt timeout of a bank channel (the timeout is the channel's measured p99 x 1.5)"`
+	TimeoutCeiling   time.Duration `envconfig:"TIMEOUT_CEILING" default:"5s" desc:"highest per-attempt timeout of a bank channel, and its timeout until enough calls are measured"`
+	MaxConcurrent    uint          `envconfig:"MAX_CONCURRENT" default:"64" desc:"bulkhead: concurrent calls per bank channel per instance; excess is answered 503 with Retry-After at once"`
+	CallTimeout      time.Duration `envconfig:"CALL_TIMEOUT" default:"20s" desc:"bound on one payment's or refund's bank calls, failover included, whatever the client does"`
+	RecoverAfter     time.Duration `envconfig:"RECOVER_AFTER" default:"60s" desc:"age at which a payment still processing is resolved by asking the bank (above ATRIUM_PAYMENTS_CALL_TIMEOUT)"`
 	RecoveryInterval time.Duration `envconfig:"RECOVERY_INTERVAL" default:"5s" desc:"how often the recovery leader looks for payments and refunds to resolve"`
 }
 
@@ -279,8 +283,17 @@ func (c Config) Validate() error {
 	if c.Payments.IdempotencyTTL < 24*time.Hour {
 		return &Error{Var: "ATRIUM_PAYMENTS_IDEMPOTENCY_TTL", Problem: "must be at least 24h"}
 	}
-	if c.Payments.RecoverAfter <= 20*time.Second {
-		return &Error{Var: "ATRIUM_PAYMENTS_RECOVER_AFTER", Problem: "must be above 20s (the longest a channel call runs)"}
+	if c.Payments.TimeoutFloor < time.Millisecond || c.Payments.TimeoutCeiling < c.Payments.TimeoutFloor {
+		return &Error{Var: "ATRIUM_PAYMENTS_TIMEOUT_CEILING", Problem: "must not be below ATRIUM_PAYMENTS_TIMEOUT_FLOOR (at least 1ms)"}
+	}
+	if c.Payments.MaxConcurrent == 0 {
+		return &Error{Var: "ATRIUM_PAYMENTS_MAX_CONCURRENT", Problem: "must be at least 1"}
+	}
+	if c.Payments.CallTimeout < time.Second || c.Payments.CallTimeout > 5*time.Minute {
+		return &Error{Var: "ATRIUM_PAYMENTS_CALL_TIMEOUT", Problem: "must be between 1s and 5m"}
+	}
+	if c.Payments.RecoverAfter <= c.Payments.CallTimeout {
+		return &Error{Var: "ATRIUM_PAYMENTS_RECOVER_AFTER", Problem: "must be above ATRIUM_PAYMENTS_CALL_TIMEOUT (the longest a bank call runs)"}
 	}
 	if c.Payments.RecoveryInterval < 100*time.Millisecond {
 		return &Error{Var: "ATRIUM_PAYMENTS_RECOVERY_INTERVAL", Problem: "must be at least 100ms"}

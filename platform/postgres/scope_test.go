@@ -40,6 +40,8 @@ type fixture struct {
 	tenant, user, role, session string
 	// linkRole is the role the next user_roles insert links f.user to.
 	linkRole string
+	// The payment rows others hang off, and the seeded account's currency.
+	merchant, payment, account, accountCurrency, entry string
 }
 
 // tenantInserts insert one new row of each tenant-owned table for f's
@@ -91,11 +93,60 @@ var tenantInserts = map[string]func(f *fixture) (string, []any){
 		return `INSERT INTO usage_daily (tenant_id, day, metric, units) VALUES ($1, date '2020-01-01' + $2::int, 'api_calls', 1)`,
 			[]any{f.tenant, int(randomBytes(2)[0])<<8 | int(randomBytes(2)[1])}
 	},
+	"merchants": func(f *fixture) (string, []any) {
+		id := uuid.NewString()
+		return `INSERT INTO merchants (id, tenant_id, ref, name, mcc, settlement_account) VALUES ($1, $2, $3, 'M', '5411', 'acct')`,
+			[]any{id, f.tenant, "m" + id[:8]}
+	},
+	"payments": func(f *fixture) (string, []any) {
+		id := uuid.NewString()
+		return `INSERT INTO payments (id, tenant_id, merchant_id, terminal_id, order_no, livemode, amount, currency, payable, fee,
+				method, wallet_code, status, channel, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, true, 100, 'EUR', 100, 0, 'wallet', '****1234', 'succeeded', 'simbank', now(), now())`,
+			[]any{id, f.tenant, f.merchant, uuid.NewString(), "o-" + id}
+	},
+	"refunds": func(f *fixture) (string, []any) {
+		return `INSERT INTO refunds (id, tenant_id, payment_id, livemode, amount, currency, status, channel, created_by, created_at, updated_at)
+			VALUES ($1, $2, $3, true, 1, 'EUR', 'failed', 'simbank', 'test', now(), now())`, []any{uuid.NewString(), f.tenant, f.payment}
+	},
+	"payment_transitions": func(f *fixture) (string, []any) {
+		return `INSERT INTO payment_transitions (tenant_id, payment_id, status, at) VALUES ($1, $2, 'processing', now())`,
+			[]any{f.tenant, f.payment}
+	},
+	"idempotency_keys": func(f *fixture) (string, []any) {
+		return `INSERT INTO idempotency_keys (tenant_id, key, request_hash, state, created_at, expires_at)
+			VALUES ($1, $2, '\x00', 'running', now(), now() + interval '1 day')`, []any{f.tenant, uuid.NewString()}
+	},
+	"ledger_accounts": func(f *fixture) (string, []any) {
+		b := randomBytes(3)
+		cur := string([]byte{'A' + b[0]%26, 'A' + b[1]%26, 'A' + b[2]%26})
+		return `INSERT INTO ledger_accounts (id, tenant_id, kind, currency, livemode) VALUES ($1, $2, 'bank_clearing', $3, true)`,
+			[]any{uuid.NewString(), f.tenant, cur}
+	},
+	"ledger_entries": func(f *fixture) (string, []any) {
+		// A fresh refund id keeps (payment, refund, kind) unique.
+		return `INSERT INTO ledger_entries (id, tenant_id, kind, payment_id, refund_id, livemode, created_at)
+			VALUES ($1, $2, 'refund', $3, $4, true, now())`, []any{uuid.NewString(), f.tenant, f.payment, uuid.NewString()}
+	},
+	"ledger_postings": func(f *fixture) (string, []any) {
+		// Two legs: an entry must balance at commit.
+		return `INSERT INTO ledger_postings (tenant_id, entry_id, account_id, amount, currency) VALUES ($1, $2, $3, 1, $4), ($1, $2, $3, -1, $4)`,
+			[]any{f.tenant, f.entry, f.account, f.accountCurrency}
+	},
+	"account_balances": func(f *fixture) (string, []any) {
+		b := randomBytes(2)
+		return `INSERT INTO account_balances (account_id, bucket, tenant_id, balance) VALUES ($1, $2, $3, 0)`,
+			[]any{f.account, 100 + int(b[0])<<6 | int(b[1]), f.tenant}
+	},
+	"events": func(f *fixture) (string, []any) {
+		return `INSERT INTO events (tenant_id, type, subject, livemode, data) VALUES ($1, 'test.scope', 's', true, '{}')`, []any{f.tenant}
+	},
 }
 
 // seedOrder is the order tenantInserts seed in (foreign keys).
 var seedOrder = []string{"users", "roles", "user_roles", "terminals", "sessions", "refresh_tokens", "audit_log",
-	"quota_overrides", "quota_usage", "quota_reservations", "usage_daily"}
+	"quota_overrides", "quota_usage", "quota_reservations", "usage_daily", "merchants", "payments", "refunds",
+	"payment_transitions", "idempotency_keys", "ledger_accounts", "ledger_entries", "ledger_postings", "account_balances", "events"}
 
 func randomBytes(n int) []byte {
 	b := make([]byte, n)
@@ -154,6 +205,14 @@ func seedTenant(t *testing.T, owner *pgx.Conn, name string) *fixture {
 			f.linkRole = f.role
 		case "sessions":
 			f.session = args[0].(string)
+		case "merchants":
+			f.merchant = args[0].(string)
+		case "payments":
+			f.payment = args[0].(string)
+		case "ledger_accounts":
+			f.account, f.accountCurrency = args[0].(string), args[2].(string)
+		case "ledger_entries":
+			f.entry = args[0].(string)
 		}
 	}
 	f.linkRole = viewerRole // the seeded link is (user, custom role); the next one is new
@@ -226,10 +285,11 @@ func tenantTables(t *testing.T, q interface {
 // unscopedWritable are the tables the application role writes without
 // row-level security, and why that is safe.
 var unscopedWritable = map[string]string{
-	"signing_keys":     "the platform's token signing keys: no tenant's data",
-	"revocations":      "ids of revoked tokens and sessions, written from any scope: no tenant's data",
-	"usage_flushes":    "ids of usage batches already applied: no tenant's data",
-	"rate_limit_rules": "the platform's rate-limit rules: no tenant's data",
+	"signing_keys":          "the platform's token signing keys: no tenant's data",
+	"revocations":           "ids of revoked tokens and sessions, written from any scope: no tenant's data",
+	"usage_flushes":         "ids of usage batches already applied: no tenant's data",
+	"rate_limit_rules":      "the platform's rate-limit rules: no tenant's data",
+	"payment_channel_modes": "operators' breaker settings of the bank channels every tenant shares: no tenant's data",
 }
 
 // TestRowSecurityCatalogue checks the schema, as the application role:

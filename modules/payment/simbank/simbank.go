@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 )
@@ -350,7 +351,7 @@ func (b *Bank) handleCharge(w http.ResponseWriter, r *http.Request) {
 
 	now := time.Now().UTC()
 	res := ChargeResult{ID: req.ID, Status: StatusSucceeded, Amount: req.Amount, Currency: req.Currency, CreatedAt: now}
-	if req.Source == "tok_decline" {
+	if declined(req.Source) {
 		res.Status, res.DeclineReason = StatusFailed, "card_declined"
 	}
 	b.mu.Lock()
@@ -362,6 +363,13 @@ func (b *Bank) handleCharge(w http.ResponseWriter, r *http.Request) {
 
 	b.hold(r, d.hang)
 	writeJSON(w, http.StatusOK, res)
+}
+
+// declined reports whether the issuer declines the source: the token
+// "tok_decline", the test card 4000000000000002, or a wallet code starting
+// with DECLINE.
+func declined(source string) bool {
+	return source == "tok_decline" || strings.HasPrefix(source, "card:4000000000000002:") || strings.HasPrefix(source, "wallet:DECLINE")
 }
 
 func (b *Bank) handleRefund(w http.ResponseWriter, r *http.Request) {
