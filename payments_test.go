@@ -199,8 +199,8 @@ func TestPaymentsEndToEnd(t *testing.T) {
 		// Nothing was stored: the same key now takes a good payment.
 		pay(t, env, in, key, cardPayment(100), http.StatusCreated)
 		for field, body := range map[string]map[string]any{
-			"amount":   {"amount": 0, "currency": "EUR", "method": map[string]any{"type": "wallet", "code": "WALLET-123456"}},
-			"currency": {"amount": 10, "currency": "EURO", "method": map[string]any{"type": "wallet", "code": "WALLET-123456"}},
+			"amount":      {"amount": 0, "currency": "EUR", "method": map[string]any{"type": "wallet", "code": "WALLET-123456"}},
+			"currency":    {"amount": 10, "currency": "EURO", "method": map[string]any{"type": "wallet", "code": "WALLET-123456"}},
 			"method.type": {"amount": 10, "currency": "EUR", "method": map[string]any{"type": "cash"}},
 			"discounts.points": {"amount": 10, "currency": "EUR", "method": map[string]any{"type": "wallet", "code": "WALLET-123456"},
 				"discounts": map[string]any{"points": 5}},
