@@ -333,15 +333,15 @@ func (s *Service) Create(ctx context.Context, key string, in NewPayment) (*Respo
 			_, err = tx.Exec(ctx, `WITH p AS (
 				INSERT INTO payments (id, tenant_id, merchant_id, terminal_id, order_no, livemode, amount, currency, promotion_id,
 					discount, points, points_amount, payable, fee, method, card_bin, card_last4, card_sealed, wallet_code,
-					customer_ref, device, status, channel, created_at, updated_at)
+					customer_ref, device, status, channel, created_at, updated_at, idempotency_key)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULLIF($9, ''), $10, $11, $12, $13, $14, $15, $16, $17, $18,
-					NULLIF($19, ''), NULLIF($20, ''), $21, 'processing', $22, $23, $23)
+					NULLIF($19, ''), NULLIF($20, ''), $21, 'processing', $22, $23, $23, $24)
 				RETURNING id, tenant_id, created_at)
 				INSERT INTO payment_transitions (tenant_id, payment_id, status, at) SELECT tenant_id, id, 'processing', created_at FROM p`,
 				pay.ID, pay.TenantID, pay.MerchantID, pay.TerminalID, pay.OrderNo, pay.Livemode, pay.Amount, pay.Currency,
 				pay.PromotionID, pay.Discount, pay.Points, pay.PointsAmount, pay.Payable, pay.Fee, pay.Method,
 				cardField(pay.Card, true), cardField(pay.Card, false), sealed, pay.WalletCode, pay.CustomerRef,
-				nullJSON(pay.Device), pay.Channel, now)
+				nullJSON(pay.Device), pay.Channel, now, key)
 			return err
 		})
 		if isUnique(err, "payments_tenant_id_order_no_key") && attempt < 3 {

@@ -101,8 +101,8 @@ var tenantInserts = map[string]func(f *fixture) (string, []any){
 	"payments": func(f *fixture) (string, []any) {
 		id := uuid.NewString()
 		return `INSERT INTO payments (id, tenant_id, merchant_id, terminal_id, order_no, livemode, amount, currency, payable, fee,
-				method, wallet_code, status, channel, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, true, 100, 'EUR', 100, 0, 'wallet', '****1234', 'succeeded', 'simbank', now(), now())`,
+				method, wallet_code, status, channel, created_at, updated_at, idempotency_key)
+			VALUES ($1, $2, $3, $4, $5, true, 100, 'EUR', 100, 0, 'wallet', '****1234', 'succeeded', 'simbank', now(), now(), 'k')`,
 			[]any{id, f.tenant, f.merchant, uuid.NewString(), "o-" + id}
 	},
 	"refunds": func(f *fixture) (string, []any) {

@@ -35,6 +35,7 @@ CREATE TABLE payments (
     merchant_id     uuid        NOT NULL,
     terminal_id     uuid        NOT NULL,
     order_no        text        NOT NULL,
+    idempotency_key text        NOT NULL,                          -- the key the terminal sent
     livemode        boolean     NOT NULL,
     amount          bigint      NOT NULL CHECK (amount > 0),       -- before discounts
     currency        text        NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
