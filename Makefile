@@ -38,8 +38,15 @@ run: build ## run Atrium at http://127.0.0.1:8080 in development mode
 	  chmod 600 .dev/master.key; \
 	  export ATRIUM_MASTER_KEY_FILE="$(CURDIR)/.dev/master.key"; \
 	fi; \
+	if (exec 3<>/dev/tcp/127.0.0.1/8090) 2>/dev/null; then \
+	  echo "Simulated bank: reusing http://127.0.0.1:8090"; \
+	else \
+	  echo "Simulated bank: starting http://127.0.0.1:8090 (atrium simbank; logs in .dev/simbank.log)"; \
+	  mkdir -p .dev && (./bin/atrium simbank --addr 127.0.0.1:8090 --p50 20ms --p99 150ms >.dev/simbank.log 2>&1 &); \
+	fi; \
 	export ATRIUM_ENV=development \
 	 ATRIUM_HTTP_ADDR=$${ATRIUM_HTTP_ADDR:-127.0.0.1:8080} \
+	 ATRIUM_PAYMENTS_CHANNELS=$${ATRIUM_PAYMENTS_CHANNELS:-simbank=http://127.0.0.1:8090} \
 	 ATRIUM_DATABASE_URL=$${ATRIUM_DATABASE_URL:-$(PG_URL)/atrium?sslmode=disable} \
 	 ATRIUM_REDIS_URL=$${ATRIUM_REDIS_URL:-$(REDIS_URL)}; \
 	./bin/atrium admin create-user --email admin@atrium.local --name "Platform admin" --role platform_admin \
