@@ -15,7 +15,9 @@ import (
 // the hash <prefix>:payment:channel-stats every second (field: the
 // instance id; value: an instanceReport), and Dashboard adds up the fresh
 // ones. The hash expires a minute after the last write, so it goes away
-// with the last instance; a stopping instance deletes its own field.
+// with the last instance; a stopping instance deletes its own field. A
+// report's age is read against the reader's clock, so instances' clocks
+// must agree to well within statsMaxAge (NTP does).
 
 // instanceReport is one instance's figures as written to Redis.
 type instanceReport struct {
