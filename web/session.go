@@ -50,6 +50,7 @@ var sections = []navSection{
 		{Label: "Tenants", Href: "/ui/tenants", Perm: "tenants:manage"},
 		{Label: "Quotas", Href: "/ui/quotas", TenantOnly: true},
 		{Label: "Rate limits", Href: "/ui/rate-limits", Perm: "quotas:manage"},
+		{Label: "Channels", Href: "/ui/channels", Perm: "channels:manage"},
 		{Label: "Payments"}, {Label: "GPUs"}, {Label: "Deployments"},
 	}},
 	{Heading: "Access", Items: []navItem{

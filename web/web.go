@@ -67,6 +67,9 @@ type Deps struct {
 	// RateLimits serves the rate-limit page; without it the page answers
 	// 404.
 	RateLimits *quota.RateLimits
+	// Channels serves the bank channels page; without it the page answers
+	// 404.
+	Channels ChannelBoard
 }
 
 // UI serves the admin pages.
@@ -118,6 +121,9 @@ func New(d Deps) (*UI, error) {
 		u.pages[page] = t
 	}
 	if err := u.parsePages(layout, usagePages...); err != nil {
+		return nil, err
+	}
+	if err := u.parsePages(layout, "channels"); err != nil {
 		return nil, err
 	}
 	return u, nil
@@ -197,6 +203,9 @@ func (u *UI) Routes() http.Handler {
 		r.Post("/ui/rate-limits/{id}/mode", u.setRuleMode)
 		r.Post("/ui/rate-limits/{id}/enabled", u.setRuleEnabled)
 		r.Post("/ui/rate-limits/{id}/delete", u.deleteRule)
+		r.Get("/ui/channels", u.channels)
+		r.Get("/ui/channels/live", u.channelsLive)
+		r.Post("/ui/channels/{name}/breaker", u.setChannelMode)
 	})
 	return r
 }

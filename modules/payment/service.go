@@ -14,6 +14,7 @@ package payment
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -112,13 +113,23 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := chs.Connect(ChannelsDeps{Tx: deps.Tx, Redis: deps.Redis, Log: deps.Log, Instance: deps.Instance, Now: deps.Now}); err != nil {
+		return nil, err
+	}
 	return &Service{cfg: cfg, tx: deps.Tx, redis: deps.Redis, log: deps.Log, cards: deps.Cards, terms: deps.Terminals,
 		usage: deps.Usage, instance: deps.Instance, now: deps.Now, channels: chs}, nil
 }
 
 // Run runs the module's background work until ctx ends: the recovery
-// worker, while this instance leads.
+// worker, while this instance leads, and the channels' share of the
+// cluster (Channels.Run) on every instance.
 func (s *Service) Run(ctx context.Context) error {
-	s.runRecovery(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { s.runRecovery(ctx) })
+	wg.Go(func() { _ = s.channels.Run(ctx) })
+	wg.Wait()
 	return nil
 }
+
+// Channels returns the bank channels (their dashboard and breaker switch).
+func (s *Service) Channels() *Channels { return s.channels }

@@ -3,9 +3,9 @@
 // (modules/payment/simbank), with failsafe-go's bulkhead, retry, circuit
 // breaker and timeout around every call.
 //
-// This is the first slice of the payments issue: nothing calls it yet — no
-// payment API, state machine, recovery worker, routing across channels,
-// cluster-wide breaker switch or dashboard. Stats exists for that dashboard.
+// The payment module routes payments over these channels; its Channels set
+// (modules/payment/channels.go) makes SetBreakerMode an operator switch for
+// the whole cluster and adds up every instance's Stats for the dashboard.
 //
 // Policies, outermost first, as failsafe.With(bulkhead, retry, breaker, timeout):
 //

@@ -185,6 +185,13 @@ func (c *HTTP) SetBreakerMode(m BreakerMode) error {
 	return nil
 }
 
+// BreakerMode returns the operator's current setting.
+func (c *HTTP) BreakerMode() BreakerMode {
+	c.modeMu.RLock()
+	defer c.modeMu.RUnlock()
+	return c.mode
+}
+
 // Refusing reports whether a call now would be refused at once: the
 // operator forced the breaker open, or it is open and not yet probing.
 func (c *HTTP) Refusing() bool {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http/httptest"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -449,5 +450,100 @@ func TestRetriesNeverDoubleCharge(t *testing.T) {
 	}
 	if got := b.Ledger().Received["charges"]; got <= n {
 		t.Errorf("bank received %d charge requests for %d payments: no retries", got, n)
+	}
+}
+
+// TestFailingChannelLeavesAHealthyOneAlone: while one bank holds every
+// answer, its channel's bulkhead refuses the excess at once (nothing waits
+// in a queue), its breaker opens, and a second channel to a healthy bank
+// keeps its usual latency: channels share no pool, queue or breaker.
+func TestFailingChannelLeavesAHealthyOneAlone(t *testing.T) {
+	badBank, badURL := startBank(t, simbank.Faults{TimeoutRate: 1, Hang: 3 * time.Second})
+	_, goodURL := startBank(t, simbank.Faults{P50: 2 * time.Millisecond, P99: 5 * time.Millisecond})
+	const timeout = 400 * time.Millisecond
+	bad := newChannel(t, badURL, func(cfg *channel.Config) {
+		cfg.Name, cfg.MaxConcurrent, cfg.InitialTimeout, cfg.BreakerDelay = "bad", 4, timeout, time.Minute
+	})
+	good := newChannel(t, goodURL, func(cfg *channel.Config) { cfg.Name = "good" })
+	ctx := context.Background()
+
+	// The healthy channel under the storm below.
+	goodDone := make(chan []time.Duration)
+	go func() {
+		var lat []time.Duration
+		for i := range 30 {
+			start := time.Now()
+			r, err := good.Pay(ctx, pay(fmt.Sprintf("g%d", i), 100))
+			lat = append(lat, time.Since(start))
+			if err != nil || r.Status != channel.StatusSucceeded {
+				t.Errorf("healthy channel: %+v %v", r, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		goodDone <- lat
+	}()
+
+	// 40 calls at once on the failing channel: 4 take the permits and time
+	// out (in doubt), 36 are refused without waiting for a permit.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var inDoubt, refused int
+	var slowestRefusal time.Duration
+	for i := range 40 {
+		wg.Go(func() {
+			start := time.Now()
+			r, err := bad.Pay(ctx, pay(fmt.Sprintf("b%d", i), 100))
+			took := time.Since(start)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil && r.Status == channel.StatusInDoubt:
+				inDoubt++
+			case errs.CodeOf(err) == errs.Unavailable:
+				refused++
+				slowestRefusal = max(slowestRefusal, took)
+				if ra := errs.As(err).Extra["retry_after_seconds"]; ra != 1 {
+					t.Errorf("bulkhead refusal with retry_after_seconds %v, want 1", ra)
+				}
+			default:
+				t.Errorf("failing channel: %+v %v", r, err)
+			}
+		})
+	}
+	wg.Wait()
+	if inDoubt != 4 || refused != 36 {
+		t.Errorf("%d calls in doubt and %d refused, want 4 (the bulkhead's permits) and 36", inDoubt, refused)
+	}
+	// A queued call would have waited for a permit, i.e. for a timeout.
+	if slowestRefusal >= timeout/2 {
+		t.Errorf("the slowest refusal took %s: the bulkhead queued instead of refusing at once", slowestRefusal)
+	}
+	if n := badBank.Ledger().Received["charges"]; n != 4 {
+		t.Errorf("the failing bank received %d charges, want only the 4 admitted", n)
+	}
+
+	// Timeouts are the bank's failures: a few more and the breaker opens,
+	// after which calls are refused at once.
+	for i := 0; i < 10 && bad.Stats().Breaker != "open"; i++ {
+		_, _ = bad.Pay(ctx, pay(fmt.Sprintf("more%d", i), 100))
+	}
+	if s := bad.Stats(); s.Breaker != "open" || s.InFlight != 0 {
+		t.Fatalf("failing channel after repeated timeouts: %+v", s)
+	}
+	start := time.Now()
+	_, err := bad.Pay(ctx, pay("after-open", 100))
+	if e := wantCode(t, err, errs.Unavailable); time.Since(start) >= timeout/2 || e.Extra["retry_after_seconds"].(int) < 1 {
+		t.Errorf("with the breaker open: %v after %s", e, time.Since(start))
+	}
+
+	lat := <-goodDone
+	slowest := slices.Max(lat)
+	// The healthy bank answers in a few milliseconds; sharing anything with
+	// the failing channel would cost its 400 ms timeout.
+	if slowest >= timeout/2 {
+		t.Errorf("the healthy channel's slowest call took %s while the other failed (latencies %v)", slowest, lat)
+	}
+	if s := good.Stats(); s.Breaker != "closed" || s.SuccessRate != 1 || s.Refused != 0 {
+		t.Errorf("healthy channel stats %+v", s)
 	}
 }
