@@ -92,7 +92,9 @@ func do(hc *http.Client, method, u, token string, body any, want int) map[string
 func setup(hc *http.Client, base, email, password string) env {
 	b, _ := json.Marshal(map[string]string{"email": email, "password": password})
 	resp, err := hc.Post(base+"/api/v1/auth/login", "application/json", bytes.NewReader(b))
-	var login struct{ AccessToken string `json:"access_token"` }
+	var login struct {
+		AccessToken string `json:"access_token"`
+	}
 	_ = json.Unmarshal(must(resp, err, http.StatusOK), &login)
 	admin := login.AccessToken
 
@@ -116,7 +118,9 @@ func setup(hc *http.Client, base, email, password string) env {
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(term["id"].(string)+":"+term["client_secret"].(string))))
 	resp, err = hc.Do(req)
-	var tok struct{ AccessToken string `json:"access_token"` }
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
 	_ = json.Unmarshal(must(resp, err, http.StatusOK), &tok)
 	return env{tenant: tenant, merchant: merchant, terminal: tok.AccessToken}
 }
