@@ -117,6 +117,8 @@ func setUpTenantA(t *testing.T, in *instance) *tenantA {
 		// Rate-limit rules are platform settings, no tenant's: a tenant's
 		// administrator must be refused them like any id.
 		"rate-limits/{id}": "tenant-daily",
+		// Bank channels are the platform's too.
+		"payment-channels/{name}": "simbank",
 	}
 	return a
 }

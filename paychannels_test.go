@@ -205,9 +205,18 @@ func TestBrowserChannelBreakerSwitch(t *testing.T) {
 	}
 	poll := func(what, js string) {
 		t.Helper()
-		_, err := chromedp.Run(ctx, chromedp.Poll[bool](js, chromedp.WithPollingTimeout(10*time.Second), chromedp.WithPollingInterval(100*time.Millisecond)))
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
+		// A form post navigates: a poll that starts on the page being left
+		// loses its context, and is started again on the new page.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			_, err := chromedp.Run(ctx, chromedp.Poll[bool](js, chromedp.WithPollingTimeout(time.Until(deadline)), chromedp.WithPollingInterval(100*time.Millisecond)))
+			if err == nil {
+				return
+			}
+			if !strings.Contains(err.Error(), "Cannot find context") || time.Now().After(deadline) {
+				t.Fatalf("%s: %v", what, err)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
 	// Both instances report within seconds, without a reload.

@@ -97,7 +97,7 @@ func startPayments(t testing.TB, n int) *payEnv {
 
 func createMerchant(t testing.TB, in *instance, token, tenant, ref string, extra map[string]any) payment.Merchant {
 	t.Helper()
-	body := map[string]any{"tenant_id": tenant, "ref": ref, "name": "Shop " + ref, "mcc": "5411", "settlement_account": "DE89370400440532013000"}
+	body := map[string]any{"tenant_id": tenant, "ref": ref, "name": "Merchant " + ref, "mcc": "5411", "settlement_account": "DE89370400440532013000"}
 	for k, v := range extra {
 		body[k] = v
 	}

@@ -288,8 +288,9 @@ func TestWebAuthGate(t *testing.T) {
 		if resp.StatusCode != http.StatusForbidden {
 			t.Fatalf("viewer creating a user: %d", resp.StatusCode)
 		}
-		// Home sends a viewer to a page they may open.
-		if resp, _ := uiPage(t, c, in.URL+"/"); resp.Header.Get("Location") != "/ui/users" {
+		// Home sends a viewer to the first page they may open: payments
+		// (payments:read) come before users in the navigation.
+		if resp, _ := uiPage(t, c, in.URL+"/"); resp.Header.Get("Location") != "/ui/payments" {
 			t.Fatalf("home sends a viewer to %q", resp.Header.Get("Location"))
 		}
 	})

@@ -50,8 +50,10 @@ var sections = []navSection{
 		{Label: "Tenants", Href: "/ui/tenants", Perm: "tenants:manage"},
 		{Label: "Quotas", Href: "/ui/quotas", TenantOnly: true},
 		{Label: "Rate limits", Href: "/ui/rate-limits", Perm: "quotas:manage"},
+		{Label: "Payments", Href: "/ui/payments", Perm: "payments:read"},
+		{Label: "Merchants", Href: "/ui/merchants", Perm: "payments:read"},
 		{Label: "Channels", Href: "/ui/channels", Perm: "channels:manage"},
-		{Label: "Payments"}, {Label: "GPUs"}, {Label: "Deployments"},
+		{Label: "GPUs"}, {Label: "Deployments"},
 	}},
 	{Heading: "Access", Items: []navItem{
 		{Label: "Users", Href: "/ui/users", Perm: "users:read"},

@@ -60,7 +60,7 @@ func (u *UI) terminalsPage(w http.ResponseWriter, r *http.Request, status int, f
 // so a reload (or the back button) cannot show it again.
 func (u *UI) createTerminal(w http.ResponseWriter, r *http.Request) {
 	in := auth.NewTerminal{MerchantRef: r.PostFormValue("merchant_ref"), Name: r.PostFormValue("name"),
-		TenantID: strings.TrimSpace(r.PostFormValue("tenant_id"))}
+		TenantID: strings.TrimSpace(r.PostFormValue("tenant_id")), TestMode: r.PostFormValue("test_mode") != ""}
 	t, err := u.d.Auth.CreateTerminal(r.Context(), in)
 	if err != nil {
 		if formProblem(err) {

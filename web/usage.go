@@ -282,11 +282,11 @@ func money(minor int64, currency string) string {
 	for range digits {
 		div *= 10
 	}
-	frac := minor % div
-	if frac < 0 {
-		frac = -frac
+	sign := ""
+	if minor < 0 { // a ledger balance can be negative; -0.50 has no negative whole part
+		sign, minor = "-", -minor
 	}
-	return fmt.Sprintf("%s.%0*d %s", count(minor/div), digits, frac, currency)
+	return fmt.Sprintf("%s%s.%0*d %s", sign, count(minor/div), digits, minor%div, currency)
 }
 
 // amounts lists the payment amounts among metrics, one per currency.

@@ -30,6 +30,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/atriumhq/atrium/modules/auth"
+	"github.com/atriumhq/atrium/modules/payment"
 	"github.com/atriumhq/atrium/modules/quota"
 	"github.com/atriumhq/atrium/modules/tenant"
 	"github.com/atriumhq/atrium/platform/cluster"
@@ -70,6 +71,9 @@ type Deps struct {
 	// Channels serves the bank channels page; without it the page answers
 	// 404.
 	Channels ChannelBoard
+	// Payments serves the payment and merchant pages; without it they
+	// answer 404.
+	Payments *payment.Service
 }
 
 // UI serves the admin pages.
@@ -109,6 +113,9 @@ func New(d Deps) (*UI, error) {
 	for k, v := range rateLimitFuncs {
 		funcs[k] = v
 	}
+	for k, v := range paymentFuncs {
+		funcs[k] = v
+	}
 	layout, err := template.New("layout").Funcs(funcs).ParseFS(templateFS, "templates/layout.html")
 	if err != nil {
 		return nil, fmt.Errorf("web: %w", err)
@@ -124,6 +131,9 @@ func New(d Deps) (*UI, error) {
 		return nil, err
 	}
 	if err := u.parsePages(layout, "channels"); err != nil {
+		return nil, err
+	}
+	if err := u.parsePaymentPages(layout); err != nil {
 		return nil, err
 	}
 	return u, nil
@@ -206,6 +216,16 @@ func (u *UI) Routes() http.Handler {
 		r.Get("/ui/channels", u.channels)
 		r.Get("/ui/channels/live", u.channelsLive)
 		r.Post("/ui/channels/{name}/breaker", u.setChannelMode)
+		r.Get("/ui/merchants", u.merchants)
+		r.Post("/ui/merchants", u.createMerchant)
+		r.Get("/ui/merchants/{id}", u.merchant)
+		r.Post("/ui/merchants/{id}", u.updateMerchant)
+		r.Post("/ui/merchants/{id}/status", u.setMerchantStatus)
+		r.Get("/ui/payments", u.payments)
+		r.Get("/ui/payments/export.csv", u.exportPayments)
+		r.Get("/ui/payments/{id}", u.paymentPage)
+		r.Post("/ui/payments/{id}/refunds", u.refund("refund"))
+		r.Post("/ui/payments/{id}/void", u.refund("void"))
 	})
 	return r
 }
