@@ -115,6 +115,15 @@ func TestLoadDefaults(t *testing.T) {
 			KeyRotation: 30 * 24 * time.Hour,
 		},
 		Usage: config.Usage{PushInterval: time.Second, FlushInterval: 10 * time.Second},
+		Payments: config.Payments{
+			IdempotencyTTL:   24 * time.Hour,
+			TimeoutFloor:     50 * time.Millisecond,
+			TimeoutCeiling:   5 * time.Second,
+			MaxConcurrent:    64,
+			CallTimeout:      20 * time.Second,
+			RecoverAfter:     time.Minute,
+			RecoveryInterval: 5 * time.Second,
+		},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Load() =\n%+v\nwant\n%+v", c, want)
@@ -636,6 +645,16 @@ func TestVarsKeysAreRead(t *testing.T) {
 		"ATRIUM_AUTH_KEY_ROTATION":    "168h0m0s",
 		"ATRIUM_USAGE_PUSH_INTERVAL":  "500ms",
 		"ATRIUM_USAGE_FLUSH_INTERVAL": "30s",
+
+		"ATRIUM_PAYMENTS_CHANNELS":          "simbank=http://127.0.0.1:8090",
+		"ATRIUM_PAYMENTS_CARD_KEYS":         "c1:" + otherMasterKey,
+		"ATRIUM_PAYMENTS_IDEMPOTENCY_TTL":   "48h0m0s",
+		"ATRIUM_PAYMENTS_TIMEOUT_FLOOR":     "100ms",
+		"ATRIUM_PAYMENTS_TIMEOUT_CEILING":   "10s",
+		"ATRIUM_PAYMENTS_MAX_CONCURRENT":    "128",
+		"ATRIUM_PAYMENTS_CALL_TIMEOUT":      "30s",
+		"ATRIUM_PAYMENTS_RECOVER_AFTER":     "2m0s",
+		"ATRIUM_PAYMENTS_RECOVERY_INTERVAL": "1s",
 	}
 	base, err := load(t, nil)
 	if err != nil {
