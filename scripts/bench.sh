@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make bench: Go micro-benchmarks, then an HTTP load run with wrk comparing
 # GET /healthz through Atrium's full middleware stack against a bare
-# net/http handler, both measured in this run on this machine. Figures are
-# reported as ratios against the baseline.
+# net/http handler, then POS payments over HTTP against pgbench running the
+# same two transactions on the same database, all measured in this run on
+# this machine. Figures are reported as ratios against the baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
@@ -93,13 +94,16 @@ go build -o "$OUT/bare" ./scripts/bareserver
 # A fresh database each run: its signing keys are sealed under this run's
 # throwaway master key.
 psql "$PG_URL/postgres" -qc "DROP DATABASE IF EXISTS atrium_bench WITH (FORCE)" -c "CREATE DATABASE atrium_bench" >/dev/null
-"$OUT/bare" -addr 127.0.0.1:18081 & 
+"$OUT/bare" -addr 127.0.0.1:18081 &
+# A simulated bank that answers at once: the payment figures measure Atrium.
+./bin/atrium simbank --addr 127.0.0.1:18090 --p50 0 --p99 0 >"$OUT/simbank.log" 2>&1 &
 # A throwaway master key, removed with $OUT. Whatever the bench instance seals
 # with it (signing keys) cannot be opened by any other run.
 (umask 077; head -c 32 /dev/urandom | base64 >"$OUT/master.key")
 env -u ATRIUM_MASTER_KEY ATRIUM_MASTER_KEY_FILE="$OUT/master.key" \
   ATRIUM_ENV=production ATRIUM_LOG_LEVEL=info ATRIUM_MIGRATE_ON_START=true ATRIUM_HTTP_ADDR=127.0.0.1:18080 \
   ATRIUM_DATABASE_URL="$PG_URL/atrium_bench?sslmode=disable" ATRIUM_REDIS_URL="$REDIS_URL" ATRIUM_REDIS_PREFIX=atrium-bench \
+  ATRIUM_PAYMENTS_CHANNELS=simbank=http://127.0.0.1:18090 ATRIUM_DATABASE_MAX_CONNS=${BENCH_DB_CONNS:-32} \
   ./bin/atrium serve >"$OUT/atrium.log" 2>&1 &
 for _ in $(seq 1 50); do
   curl -fs http://127.0.0.1:18080/readyz >/dev/null 2>&1 && curl -fs http://127.0.0.1:18081/healthz >/dev/null 2>&1 && break
@@ -118,3 +122,37 @@ printf '\n%-44s %14s %10s\n' "case" "req/s (median)" "ratio"
 printf '%-44s %14.0f %10s\n' "bare net/http handler (baseline)" "$mb" "1.00"
 printf '%-44s %14.0f %10.2f\n' "atrium full middleware stack" "$mf" "$(awk -v a="$mf" -v b="$mb" 'BEGIN {print a/b}')"
 printf '\nrounds (bare): %s\nrounds (full): %s\ntarget: full stack >= 0.70 of the bare handler\n' "${bare[*]}" "${full[*]}"
+
+echo
+echo "== POS payments over HTTP (scripts/paybench) against pgbench running the same two transactions (scripts/payment.pgbench) =="
+BENCH_PASSWORD="bench-$(head -c 12 /dev/urandom | base64 | tr -d '/+=')"
+echo "$BENCH_PASSWORD" | env -u ATRIUM_MASTER_KEY ATRIUM_MASTER_KEY_FILE="$OUT/master.key" \
+  ATRIUM_DATABASE_URL="$PG_URL/atrium_bench?sslmode=disable" ATRIUM_REDIS_URL="$REDIS_URL" ATRIUM_REDIS_PREFIX=atrium-bench \
+  ./bin/atrium admin create-user --email bench@atrium.local --role platform_admin --password-stdin >/dev/null
+go build -o "$OUT/paybench" ./scripts/paybench
+PAY_CLIENTS=${BENCH_PAY_CLIENTS:-16,64}
+"$OUT/paybench" -url http://127.0.0.1:18080 -email bench@atrium.local -password "$BENCH_PASSWORD" \
+  -clients "$PAY_CLIENTS" -duration "$DURATION" -ids "$OUT/ids" | tee "$OUT/pay.txt"
+read -r TENANT MERCHANT <"$OUT/ids"
+DB="$PG_URL/atrium_bench?sslmode=disable"
+REF=$(psql "$DB" -Atc "SELECT ref FROM merchants WHERE id = '$MERCHANT'")
+acct() { psql "$DB" -Atc "SELECT id FROM ledger_accounts WHERE tenant_id = '$TENANT' AND kind = '$1' AND livemode AND currency = 'EUR' AND merchant_id IS NOT DISTINCT FROM ${2:-NULL}"; }
+CLEARING=$(acct bank_clearing); PAYABLE=$(acct merchant_payable "'$MERCHANT'"); FEES=$(acct fee_revenue)
+printf '%-10s %12s %10s %10s\n' "clients" "tx pairs/s" "p50 ms" "p99 ms" >"$OUT/pg.txt"
+for c in ${PAY_CLIENTS//,/ }; do
+  pgbench -n -c "$c" -j 2 -T "${DURATION%s}" -r -f scripts/payment.pgbench -D tenant="$TENANT" -D ref="$REF" -D merchant="$MERCHANT" \
+    -D clearing="$CLEARING" -D payable="$PAYABLE" -D fees="$FEES" --log --log-prefix="$OUT/pgb$c" "$DB" >"$OUT/pgbench$c.txt" 2>&1 || { cat "$OUT/pgbench$c.txt"; exit 1; }
+  tps=$(awk '/^tps/ {print $3; exit}' "$OUT/pgbench$c.txt")
+  # Per-transaction latencies (µs, third column of pgbench's log): p50 and p99.
+  read -r p50 p99 < <(cat "$OUT"/pgb"$c"* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%.2f %.2f\n", a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000}')
+  printf '%-10s %12.0f %10s %10s\n' "$c" "$tps" "$p50" "$p99" >>"$OUT/pg.txt"
+  rm -f "$OUT"/pgb"$c"*
+done
+echo; cat "$OUT/pg.txt"
+echo
+awk 'FNR == 1 { f++ ; next } f == 1 { pay[$1] = $2; p50[$1] = $3; p99[$1] = $4 } f == 2 { pg[$1] = $2 }
+  END {
+    printf "%-10s %14s %14s %8s %14s\n", "clients", "payments/s", "pgbench tps", "ratio", "p50/p99 ms"
+    for (c in pay) printf "%-10s %14.0f %14.0f %8.2f %14s\n", c, pay[c], pg[c], (pg[c] > 0 ? pay[c] / pg[c] : 0), p50[c] "/" p99[c]
+    print "target: >= 0.60 x pgbench running the same two transactions"
+  }' "$OUT/pay.txt" "$OUT/pg.txt"

@@ -2,9 +2,9 @@
 // merchant and a terminal on a running Atrium through its API, then sends
 // POST /api/v1/payments with a fresh Idempotency-Key per payment from N
 // concurrent clients for a while, and prints payments per second, p50 and
-// p99. It also writes pgbench's equivalent two-transaction script for the
-// same tenant and merchant (-pgbench-script), so the baseline runs on the
-// same rows.
+// p99. With -ids it writes the tenant and merchant it made, so that
+// scripts/bench.sh can run pgbench's equivalent two-transaction script
+// (scripts/payment.pgbench) on the same rows.
 package main
 
 import (
@@ -35,16 +35,15 @@ func main() {
 	clients := flag.String("clients", "16,64", "comma-separated client counts, one run each")
 	duration := flag.Duration("duration", 5*time.Second, "length of each run")
 	warmup := flag.Duration("warmup", time.Second, "unmeasured load before each run")
-	setupOnly := flag.String("setup-only", "", "set up, write the tenant and merchant ids to this file and exit")
+	ids := flag.String("ids", "", "write the tenant and merchant ids, space-separated, to this file after setting up")
 	flag.Parse()
 
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}, Timeout: 30 * time.Second}
 	s := setup(hc, *base, *email, *password)
-	if *setupOnly != "" {
-		if err := os.WriteFile(*setupOnly, []byte(s.tenant+" "+s.merchant+"\n"), 0o600); err != nil {
+	if *ids != "" {
+		if err := os.WriteFile(*ids, []byte(s.tenant+" "+s.merchant+"\n"), 0o600); err != nil {
 			log.Fatal(err)
 		}
-		return
 	}
 	fmt.Printf("%-10s %12s %10s %10s %8s\n", "clients", "payments/s", "p50 ms", "p99 ms", "errors")
 	for _, c := range strings.Split(*clients, ",") {
