@@ -58,6 +58,8 @@ Commands:
   version      print the version
   admin        administrative tasks: create-user (the first platform administrator)
   simbank      serve the simulated bank (a test and load-test double for bank channels)
+  ledger       check the payment ledger: verify
+  payments     payment maintenance: rekey (re-seal card numbers under the current card key)
 
 Configuration comes from ATRIUM_* environment variables (docs/operations.md).
 Run 'atrium <command> --help' for a command's flags.
@@ -85,6 +87,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return cmdAdmin(ctx, rest, stdin, stdout, stderr)
 	case "simbank":
 		return cmdSimbank(ctx, rest, stdout, stderr)
+	case "ledger":
+		return cmdLedger(ctx, rest, stdout, stderr)
+	case "payments":
+		return cmdPayments(ctx, rest, stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, rootUsage)
 		return nil

@@ -24,6 +24,7 @@ func (s *Service) Register(r chi.Router) {
 	r.With(need("payments:read")).Get("/payments/{id}/ledger", h.H(s.handleEntries))
 	r.With(need("payments:refund")).Post("/payments/{id}/refunds", h.H(s.handleRefund("refund")))
 	r.With(need("payments:refund")).Post("/payments/{id}/void", h.H(s.handleRefund("void")))
+	r.With(need("payments:read")).Get("/events", h.H(s.handleEvents))
 	s.channels.Register(r)
 }
 
