@@ -75,9 +75,9 @@ func TestLedgerVerifyCommand(t *testing.T) {
 	// A captured payment of 10.00 with a fee of 0.10, as the payment code
 	// writes it: two entries, balanced (the deferred trigger checks it).
 	pay, clearing, payable, fees := uuid.NewString(), uuid.NewString(), uuid.NewString(), uuid.NewString()
-	ownerExec(t, owner, `INSERT INTO payments (id, tenant_id, merchant_id, terminal_id, order_no, livemode, amount, currency,
+	ownerExec(t, owner, `INSERT INTO payments (id, tenant_id, merchant_id, terminal_id, order_no, idempotency_key, livemode, amount, currency,
 			payable, fee, method, wallet_code, status, channel, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, 'o-1', true, 1000, 'EUR', 1000, 10, 'wallet', '****1234', 'succeeded', 'sim', now(), now())`,
+		VALUES ($1, $2, $3, $4, 'o-1', 'o-1', true, 1000, 'EUR', 1000, 10, 'wallet', '****1234', 'succeeded', 'sim', now(), now())`,
 		pay, tenant, merchant, uuid.NewString())
 	ownerExec(t, owner, `INSERT INTO ledger_accounts (id, tenant_id, merchant_id, kind, currency, livemode) VALUES
 		($1, $4, NULL, 'bank_clearing', 'EUR', true), ($2, $4, $5, 'merchant_payable', 'EUR', true), ($3, $4, NULL, 'fee_revenue', 'EUR', true)`,
@@ -132,9 +132,9 @@ func TestPaymentsRekeyCommand(t *testing.T) {
 	var ids []string
 	for range 3 {
 		id := uuid.Must(uuid.NewV7()).String()
-		ownerExec(t, owner, `INSERT INTO payments (id, tenant_id, merchant_id, terminal_id, order_no, livemode, amount, currency,
+		ownerExec(t, owner, `INSERT INTO payments (id, tenant_id, merchant_id, terminal_id, order_no, idempotency_key, livemode, amount, currency,
 				payable, fee, method, card_bin, card_last4, card_sealed, status, channel, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, true, 1000, 'EUR', 1000, 10, 'card', '424242', '4242', $6, 'succeeded', 'sim', now(), now())`,
+			VALUES ($1, $2, $3, $4, $5, $5, true, 1000, 'EUR', 1000, 10, 'card', '424242', '4242', $6, 'succeeded', 'sim', now(), now())`,
 			id, tenant, merchant, uuid.NewString(), "o-"+id, old.Seal([]byte(card), []byte(id)))
 		ids = append(ids, id)
 	}

@@ -17,9 +17,9 @@ import (
 func (e *opsEnv) sealedPayment(t *testing.T, svc *Service, tenant, merchant string, c Card) string {
 	t.Helper()
 	id := uuid.Must(uuid.NewV7()).String()
-	e.exec(t, `INSERT INTO payments (id, tenant_id, merchant_id, terminal_id, order_no, livemode, amount, currency, payable, fee,
+	e.exec(t, `INSERT INTO payments (id, tenant_id, merchant_id, terminal_id, order_no, idempotency_key, livemode, amount, currency, payable, fee,
 			method, card_bin, card_last4, card_sealed, status, channel, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, true, 1000, 'EUR', 1000, 0, 'card', $6, $7, $8, 'succeeded', 'sim', now(), now() - interval '1 hour')`,
+		VALUES ($1, $2, $3, $4, $5, $5, true, 1000, 'EUR', 1000, 0, 'card', $6, $7, $8, 'succeeded', 'sim', now(), now() - interval '1 hour')`,
 		id, tenant, merchant, uuid.NewString(), "order-"+id, c.Number[:6], c.Number[len(c.Number)-4:], svc.sealCard(id, c))
 	return id
 }
@@ -36,9 +36,9 @@ func TestRekeyReSealsEveryCardUnderTheCurrentKey(t *testing.T) {
 	}
 	tenant := e.tenant(t)
 	wallet := uuid.NewString()
-	e.exec(t, `INSERT INTO payments (id, tenant_id, merchant_id, terminal_id, order_no, livemode, amount, currency, payable, fee,
+	e.exec(t, `INSERT INTO payments (id, tenant_id, merchant_id, terminal_id, order_no, idempotency_key, livemode, amount, currency, payable, fee,
 			method, wallet_code, status, channel, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, 'wallet-order', true, 500, 'EUR', 500, 0, 'wallet', '****1234', 'succeeded', 'sim', now(), now())`,
+		VALUES ($1, $2, $3, $4, 'wallet-order', 'wallet-order', true, 500, 'EUR', 500, 0, 'wallet', '****1234', 'succeeded', 'sim', now(), now())`,
 		wallet, tenant, e.merchant(t, tenant, "shop", 0), uuid.NewString())
 
 	// The new key first, the old one still listed.

@@ -80,9 +80,9 @@ func (w *ledgerWorld) declined(t *testing.T, amount int64) string {
 	t.Helper()
 	w.n++
 	id := uuid.NewString()
-	w.exec(t, `INSERT INTO payments (id, tenant_id, merchant_id, terminal_id, order_no, livemode, amount, currency, payable, fee,
+	w.exec(t, `INSERT INTO payments (id, tenant_id, merchant_id, terminal_id, order_no, idempotency_key, livemode, amount, currency, payable, fee,
 			method, wallet_code, status, channel, decline_reason, created_at, updated_at)
-		SELECT $1, $2, m.id, $3, $4, true, $5, 'EUR', $5, 10, 'wallet', '****1234', 'failed', 'sim', 'declined', now(), now()
+		SELECT $1, $2, m.id, $3, $4, $4, true, $5, 'EUR', $5, 10, 'wallet', '****1234', 'failed', 'sim', 'declined', now(), now()
 		FROM merchants m WHERE m.tenant_id = $2 AND m.ref = 'shop'`, id, w.tenant, uuid.NewString(), fmt.Sprintf("declined-%d", w.n), amount)
 	return id
 }
