@@ -134,6 +134,11 @@ func call(t testing.TB, method, url string, body io.Reader, header http.Header) 
 	resp, err := http.DefaultClient.Do(req)
 	resp, text := readBody(t, resp, err)
 	b := []byte(text)
+	for _, pan := range cardNumbers {
+		if strings.Contains(text, pan) {
+			t.Errorf("%s %s: the answer carries a card number", method, req.URL.Path)
+		}
+	}
 	if _, router := loadSpec(t); !uiRoute(req.URL.Path) {
 		if _, _, err := router.FindRoute(req); err == nil {
 			checkAgainstSpec(t, req, resp, b)

@@ -28,16 +28,65 @@ func RedisClient(t testing.TB, prefix string) *redisx.Client {
 }
 
 // LogBuffer is a goroutine-safe log destination for tests: loggers write
-// from timers, workers and request goroutines at once.
+// from timers, workers and request goroutines at once. Everything written
+// to any LogBuffer is scanned for the strings given to ForbidInLogs.
 type LogBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	tail []byte // the end of the last write, so a string split across writes is still found
 }
 
 func (b *LogBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	scan := append(b.tail, p...)
+	forbidden.check(scan)
+	b.tail = append(b.tail[:0], scan[max(0, len(scan)-64):]...)
 	return b.buf.Write(p)
+}
+
+// forbidden are the strings no log line may carry (card numbers), and the
+// ones found.
+var forbidden forbiddenWords
+
+type forbiddenWords struct {
+	mu    sync.Mutex
+	words [][]byte
+	found map[string]int
+}
+
+// ForbidInLogs declares strings (such as the card numbers tests pay with)
+// that no log written to a LogBuffer may contain; LogLeaks reports them.
+func ForbidInLogs(words ...string) {
+	forbidden.mu.Lock()
+	defer forbidden.mu.Unlock()
+	for _, w := range words {
+		forbidden.words = append(forbidden.words, []byte(w))
+	}
+}
+
+func (f *forbiddenWords) check(p []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, w := range f.words {
+		if bytes.Contains(p, w) {
+			if f.found == nil {
+				f.found = map[string]int{}
+			}
+			f.found[string(w)]++
+		}
+	}
+}
+
+// LogLeaks returns how often each forbidden string was written to a log.
+func LogLeaks() map[string]int {
+	forbidden.mu.Lock()
+	defer forbidden.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range forbidden.found {
+		out[k] = v
+	}
+	return out
 }
 
 // String returns everything written so far.
