@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -219,6 +220,14 @@ func TestPaymentsSurviveKill9(t *testing.T) {
 	}
 	if captures != succeeded || succeeded < clients*perClient*9/10 {
 		t.Errorf("%d captures in the ledger, %d succeeded payments of %d", captures, succeeded, clients*perClient)
+	}
+	// And `atrium ledger verify` passes.
+	t.Setenv("ATRIUM_DATABASE_URL", dbURL)
+	t.Setenv("ATRIUM_REDIS_URL", testenv.RedisURL())
+	t.Setenv("ATRIUM_MASTER_KEY", testMasterKey)
+	var out, errOut strings.Builder
+	if err := run(context.Background(), []string{"ledger", "verify"}, nil, &out, &errOut); err != nil {
+		t.Errorf("atrium ledger verify: %v\n%s%s", err, out.String(), errOut.String())
 	}
 }
 

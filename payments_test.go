@@ -32,14 +32,13 @@ type payEnv struct {
 	terminal string // the terminal's access token
 }
 
-// payConfig adjusts the payment settings of test instances.
-func payConfig(cfg *config.Config, banks map[string]string) {
+// payConfig adjusts the payment settings of test instances; channels are
+// "name=url" entries in priority order.
+func payConfig(cfg *config.Config, channels ...string) {
 	cfg.Payments = config.Payments{IdempotencyTTL: 24 * time.Hour, TimeoutFloor: 50 * time.Millisecond,
 		TimeoutCeiling: 1 * time.Second, MaxConcurrent: 64, CallTimeout: 3 * time.Second,
 		RecoverAfter: 4 * time.Second, RecoveryInterval: 200 * time.Millisecond}
-	for name, u := range banks {
-		cfg.Payments.Channels = append(cfg.Payments.Channels, name+"="+u)
-	}
+	cfg.Payments.Channels = channels
 }
 
 func startBank(t testing.TB) (*simbank.Bank, string) {
@@ -69,7 +68,7 @@ func startPaymentClusterBank(t testing.TB, n int) ([]*instance, *simbank.Bank) {
 	var out []*instance
 	for i := range n {
 		cfg := testConfig(dbURL, prefix, fmt.Sprintf("pay-%d", i))
-		payConfig(&cfg, map[string]string{"simbank": bankURL})
+		payConfig(&cfg, "simbank="+bankURL)
 		out = append(out, startInstance(t, cfg))
 	}
 	return out, bank
@@ -368,4 +367,94 @@ func TestPaymentsEndToEnd(t *testing.T) {
 		resp, b := post(t, in, env.terminal, "/api/v1/payments", key, cardPayment(555))
 		wantStatus(t, resp, b, http.StatusCreated)
 	})
+}
+
+// TestPaymentRoutingAndFailover: payments go to the first channel the
+// merchant allows whose breaker is not open; a channel that refuses
+// without charging (down, or forced open by an operator) hands the
+// payment to the next within the same request; with none left the answer
+// is 503 and nothing is charged anywhere.
+func TestPaymentRoutingAndFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	bankA, urlA := startBank(t)
+	bankB, urlB := startBank(t)
+	cfg := testConfig(testenv.Database(t, atriumsql.Migrations()), testenv.RedisPrefix(t), "route-0")
+	payConfig(&cfg, "bank-a="+urlA, "bank-b="+urlB)
+	in := startInstance(t, cfg)
+	admin := loginAdmin(t, in)
+	tenant := uuid.NewString()
+	ensureTenant(t, in, tenant)
+	for _, q := range []string{"payments_per_second", "terminal_requests_per_second"} {
+		resp, body := call(t, http.MethodPut, in.URL+"/api/v1/tenants/"+tenant+"/quotas/"+q,
+			jsonBody(map[string]int{"value": 1_000_000}), withJSON(bearer(admin)))
+		wantStatus(t, resp, body, http.StatusOK)
+	}
+	createMerchant(t, in, admin, tenant, "any", nil)
+	createMerchant(t, in, admin, tenant, "b-only", map[string]any{"channels": []string{"bank-b"}})
+	anyTerm := newTerminalToken(t, in, admin, tenant, "any", false)
+	bTerm := newTerminalToken(t, in, admin, tenant, "b-only", false)
+	payVia := func(term string, status int) payment.Payment {
+		t.Helper()
+		resp, b := post(t, in, term, "/api/v1/payments", uuid.NewString(), cardPayment(800))
+		wantStatus(t, resp, b, status)
+		return decodeJSON[payment.Payment](t, b)
+	}
+	setMode := func(name, mode string) {
+		t.Helper()
+		resp, b := call(t, http.MethodPut, in.URL+"/api/v1/payment-channels/"+name+"/breaker", jsonBody(map[string]string{"mode": mode}), withJSON(bearer(admin)))
+		wantStatus(t, resp, b, http.StatusOK)
+	}
+	charges := func(b *simbank.Bank) int { return len(b.Ledger().Entries) }
+
+	if p := payVia(anyTerm, http.StatusCreated); p.Channel != "bank-a" {
+		t.Errorf("by priority: channel %s, want bank-a", p.Channel)
+	}
+	if p := payVia(bTerm, http.StatusCreated); p.Channel != "bank-b" {
+		t.Errorf("the merchant's own rule: channel %s, want bank-b", p.Channel)
+	}
+
+	// bank-a down: it answers 503 unprocessed, and the payment moves on.
+	f := bankA.Faults()
+	f.DownUntil = time.Now().Add(time.Hour)
+	if err := bankA.SetFaults(f); err != nil {
+		t.Fatal(err)
+	}
+	p := payVia(anyTerm, http.StatusCreated)
+	if p.Channel != "bank-b" || p.Status != payment.StatusSucceeded {
+		t.Fatalf("failover: %+v", p)
+	}
+	resp, b := apiAs(t, in, admin)(http.MethodGet, "/api/v1/payments/"+p.ID, nil)
+	wantStatus(t, resp, b, http.StatusOK)
+	if !strings.Contains(string(b), "failover from bank-a to bank-b") {
+		t.Errorf("the timeline does not show the failover: %s", b)
+	}
+	f.DownUntil = time.Time{}
+	if err := bankA.SetFaults(f); err != nil {
+		t.Fatal(err)
+	}
+
+	// An operator forces bank-a open: payments skip it without trying.
+	setMode("bank-a", "forced_open")
+	before := charges(bankA)
+	if p := payVia(anyTerm, http.StatusCreated); p.Channel != "bank-b" {
+		t.Errorf("bank-a forced open: channel %s, want bank-b", p.Channel)
+	}
+	// bank-b forced open too: nothing is left for anyone, nothing is charged.
+	setMode("bank-b", "forced_open")
+	beforeB := charges(bankB)
+	resp, b = post(t, in, bTerm, "/api/v1/payments", uuid.NewString(), cardPayment(800))
+	wantProblem(t, resp, b, http.StatusServiceUnavailable, "unavailable")
+	if resp.Header.Get("Retry-After") == "" {
+		t.Error("503 without Retry-After")
+	}
+	if charges(bankA) != before || charges(bankB) != beforeB {
+		t.Error("a refused payment reached a bank")
+	}
+	setMode("bank-a", "auto")
+	setMode("bank-b", "auto")
+	if p := payVia(anyTerm, http.StatusCreated); p.Channel != "bank-a" {
+		t.Errorf("after auto: channel %s, want bank-a", p.Channel)
+	}
 }

@@ -42,8 +42,8 @@ func (b *Broadcast[T]) Publish(ctx context.Context, v T) error {
 // Subscribe calls fn for every message until ctx ends. onReady, if not nil,
 // is called each time the subscription is (re)established, after which no
 // message is missed until the next disconnect: reload state there. A
-// message that does not decode is logged and skipped. Subscribe returns nil
-// when ctx ends.
+// message that does not decode is logged and skipped. Redis being down, at
+// start or later, is retried until ctx ends; Subscribe returns nil then.
 func (b *Broadcast[T]) Subscribe(ctx context.Context, log zerolog.Logger, onReady func(), fn func(T)) error {
 	ps := b.c.Subscribe(ctx)
 	defer ps.Close()
@@ -51,11 +51,14 @@ func (b *Broadcast[T]) Subscribe(ctx context.Context, log zerolog.Logger, onRead
 	// close the subscription when ctx ends so that Receive returns.
 	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
 	defer stop()
+	// A failed first subscribe (Redis down at start) still records the
+	// channel: the Receive loop below redials and subscribes until Redis
+	// answers, so the subscription is never given up.
 	if err := ps.Subscribe(ctx, b.channel); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("broadcast %s: subscribe: %w", b.channel, err)
+		log.Warn().Err(err).Str("channel", b.channel).Msg("broadcast subscribe failed; retrying until Redis answers")
 	}
 	for {
 		msg, err := ps.Receive(ctx)

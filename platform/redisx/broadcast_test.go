@@ -2,6 +2,8 @@ package redisx_test
 
 import (
 	"context"
+	"io"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -180,5 +182,75 @@ func TestBroadcastFollow(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Follow did not return after its context ended")
+	}
+}
+
+// TestSubscribeOutlivesRedisDownAtStart: a subscriber started while Redis
+// cannot be reached keeps trying, and delivers once Redis answers.
+func TestSubscribeOutlivesRedisDownAtStart(t *testing.T) {
+	prefix := testenv.RedisPrefix(t)
+	real := testenv.RedisClient(t, prefix)
+	// A proxy that refuses every connection until up is set, then forwards
+	// to the real Redis.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	var up atomic.Bool
+	target := strings.SplitN(testenv.RedisURL(), "/", 4)[2] // host:port of redis://host:port/db
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if !up.Load() {
+				_ = c.Close()
+				continue
+			}
+			go func() {
+				r, err := net.Dial("tcp", target)
+				if err != nil {
+					_ = c.Close()
+					return
+				}
+				go func() { _, _ = io.Copy(r, c); _ = r.Close() }()
+				_, _ = io.Copy(c, r)
+				_ = c.Close()
+			}()
+		}
+	}()
+	viaProxy, err := redisx.Connect(redisx.Options{URL: "redis://" + ln.Addr().String() + "/0", Prefix: prefix, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = viaProxy.Close() })
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan invalidation, 1)
+	ready := make(chan struct{}, 1)
+	go func() {
+		_ = redisx.NewBroadcast[invalidation](viaProxy, "late").Subscribe(ctx, zerolog.Nop(),
+			func() { ready <- struct{}{} }, func(v invalidation) { got <- v })
+	}()
+	time.Sleep(700 * time.Millisecond) // the first subscribe fails
+	up.Store(true)
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		t.Fatal("never subscribed after Redis came up")
+	}
+	if err := redisx.NewBroadcast[invalidation](real, "late").Publish(ctx, invalidation{Tenant: "t", Version: 1}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case v := <-got:
+		if v.Version != 1 {
+			t.Errorf("got %+v", v)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no message after Redis came up")
 	}
 }
