@@ -161,7 +161,7 @@ func openApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *app
 	if err != nil {
 		return nil, &config.Error{Var: "ATRIUM_PAYMENTS_CARD_KEYS", Problem: err.Error()}
 	}
-	a.payments, err = payment.New(payment.Config{Channels: cfg.Payments.Channels, IdempotencyTTL: cfg.Payments.IdempotencyTTL,
+	a.payments, err = payment.New(payment.Config{Channels: cfg.Payments.Channels, TestChannels: cfg.Payments.TestChannels, IdempotencyTTL: cfg.Payments.IdempotencyTTL,
 		RecoverAfter: cfg.Payments.RecoverAfter, RecoveryInterval: cfg.Payments.RecoveryInterval, CallTimeout: cfg.Payments.CallTimeout,
 		Channel: channel.Config{TimeoutFloor: cfg.Payments.TimeoutFloor, TimeoutCeiling: cfg.Payments.TimeoutCeiling,
 			MaxConcurrent: cfg.Payments.MaxConcurrent}},
@@ -170,7 +170,7 @@ func openApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *app
 	if err != nil {
 		var ce payment.ChannelsError
 		if errors.As(err, &ce) {
-			return nil, &config.Error{Var: "ATRIUM_PAYMENTS_CHANNELS", Problem: err.Error()}
+			return nil, &config.Error{Var: "ATRIUM_PAYMENTS_CHANNELS or ATRIUM_PAYMENTS_TEST_CHANNELS", Problem: err.Error()}
 		}
 		return nil, err
 	}

@@ -13,6 +13,7 @@ CONNS=${BENCH_CONNS:-32}
 ROUNDS=${BENCH_ROUNDS:-3}
 OUT=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
+trap 'exit 130' INT TERM # so that the EXIT trap stops the servers
 
 echo "== Go benchmarks (go test -bench) =="
 go test -run '^$' -bench . -benchmem -count 1 ./... 2>&1 | grep -E '^(Benchmark|ok|FAIL|---)' | grep -v 'no test files' | tee "$OUT/go.txt"

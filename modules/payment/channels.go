@@ -63,6 +63,8 @@ type Channels struct {
 type namedChannel struct {
 	name string
 	ch   *channel.HTTP
+	// test channels take test-mode payments only, and only they do.
+	test bool
 }
 
 var channelName = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
@@ -120,11 +122,39 @@ func NewChannels(specs []string, tmpl channel.Config) (*Channels, error) {
 	return c, nil
 }
 
-// Names lists the channels in priority order.
+// AddTest adds the channels that test-mode payments use ("name=base-url"
+// specs in priority order; ATRIUM_PAYMENTS_TEST_CHANNELS). A test-mode
+// payment never goes to any other channel, whatever its merchant's rules,
+// and no live payment goes to these.
+func (c *Channels) AddTest(specs []string, tmpl channel.Config) error {
+	parsed, err := ParseChannelSpecs(specs)
+	if err != nil {
+		return err
+	}
+	for _, p := range parsed {
+		if _, dup := c.byName[p[0]]; dup {
+			return ChannelsError{fmt.Sprintf("channel %q is both a live and a test channel: give the test one another name", p[0])}
+		}
+		cfg := tmpl
+		cfg.Name, cfg.BaseURL = p[0], p[1]
+		ch, err := channel.NewHTTP(cfg)
+		if err != nil {
+			return err
+		}
+		nc := &namedChannel{name: p[0], ch: ch, test: true}
+		c.list = append(c.list, nc)
+		c.byName[p[0]] = nc
+	}
+	return nil
+}
+
+// Names lists the live channels in priority order.
 func (c *Channels) Names() []string {
-	out := make([]string, len(c.list))
-	for i, nc := range c.list {
-		out[i] = nc.name
+	var out []string
+	for _, nc := range c.list {
+		if !nc.test {
+			out = append(out, nc.name)
+		}
 	}
 	return out
 }
@@ -136,17 +166,23 @@ func (c *Channels) get(name string) (*namedChannel, bool) {
 }
 
 // route returns the channels a merchant's payment may use, best first:
-// the merchant's preferred channels in its order (all channels by priority
-// when it names none), those whose breaker is open left out. It fails with
-// Unavailable when none is left.
-func (c *Channels) route(prefs []string) ([]*namedChannel, error) {
+// the merchant's preferred channels in its order (all live channels by
+// priority when it names none), or for a test-mode payment the test
+// channels by priority; those whose breaker is open are left out. It fails
+// with Unavailable when none is left.
+func (c *Channels) route(prefs []string, live bool) ([]*namedChannel, error) {
 	var out []*namedChannel
+	configured := 0
 	add := func(nc *namedChannel) {
+		if nc.test == live {
+			return
+		}
+		configured++
 		if !nc.ch.Refusing() && !slices.Contains(out, nc) {
 			out = append(out, nc)
 		}
 	}
-	if len(prefs) == 0 {
+	if len(prefs) == 0 || !live {
 		for _, nc := range c.list {
 			add(nc)
 		}
@@ -158,9 +194,12 @@ func (c *Channels) route(prefs []string) ([]*namedChannel, error) {
 		}
 	}
 	if len(out) == 0 {
-		if len(c.list) == 0 {
-			return nil, &errs.Error{Code: errs.Unavailable, Message: "no bank channel is configured",
-				Extra: map[string]any{"retry_after_seconds": 30}}
+		if configured == 0 {
+			msg := "no bank channel is configured"
+			if !live {
+				msg = "no test channel is configured (ATRIUM_PAYMENTS_TEST_CHANNELS): test-mode payments go only to simulated banks"
+			}
+			return nil, &errs.Error{Code: errs.Unavailable, Message: msg, Extra: map[string]any{"retry_after_seconds": 30}}
 		}
 		return nil, &errs.Error{Code: errs.Unavailable, Extra: map[string]any{"retry_after_seconds": 5},
 			Message: "every bank channel this merchant may use is refusing calls (circuit breaker open); nothing was charged"}

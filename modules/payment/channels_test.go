@@ -124,7 +124,7 @@ func TestChannelModeReachesEveryInstance(t *testing.T) {
 		t.Error("the instance that set forced_open does not refuse at once")
 	}
 	chanWithin(t, time.Second, "the other instance refusing", sim(b).Refusing)
-	if _, err := b.route(nil); errs.CodeOf(err) != errs.Unavailable {
+	if _, err := b.route(nil, true); errs.CodeOf(err) != errs.Unavailable {
 		t.Errorf("route on the other instance: %v, want unavailable", err)
 	}
 	_, err = sim(b).Pay(context.Background(), channel.PayRequest{ID: "p-open", Amount: 100, Currency: "EUR", Source: "tok_visa"})
@@ -141,7 +141,7 @@ func TestChannelModeReachesEveryInstance(t *testing.T) {
 		t.Fatal(err)
 	}
 	chanWithin(t, time.Second, "the first instance accepting calls again", func() bool { return !sim(a).Refusing() })
-	if routes, err := a.route(nil); err != nil || len(routes) != 1 {
+	if routes, err := a.route(nil, true); err != nil || len(routes) != 1 {
 		t.Fatalf("route after auto: %v %v", routes, err)
 	}
 	r, err := sim(a).Pay(context.Background(), channel.PayRequest{ID: "p-auto", Amount: 100, Currency: "EUR", Source: "tok_visa"})

@@ -126,7 +126,7 @@ func (s *Service) apply(m *Merchant, in MerchantInput, creating bool) error {
 	if in.Channels != nil {
 		seen := map[string]bool{}
 		for _, c := range *in.Channels {
-			if _, ok := s.channels.get(c); !ok {
+			if nc, ok := s.channels.get(c); !ok || nc.test {
 				return errs.Field("channels", "no bank channel %q (configured: %s)", c, strings.Join(s.channels.Names(), ", "))
 			}
 			if seen[c] {

@@ -59,7 +59,12 @@ func (e *opsEnv) service(t *testing.T, cardKeys string, terms Terminals, channel
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Channels: channels}, Deps{Tx: e.tx, Cards: cards, Terminals: terms, Log: zerolog.Nop()})
+	// Test-mode payments go to the same banks through test channels.
+	var tests []string
+	for _, c := range channels {
+		tests = append(tests, "test-"+c)
+	}
+	s, err := New(Config{Channels: channels, TestChannels: tests}, Deps{Tx: e.tx, Cards: cards, Terminals: terms, Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -326,7 +326,7 @@ func (s *Service) Create(ctx context.Context, key string, in NewPayment) (*Respo
 				return err
 			}
 			pay.MerchantID, pay.Discount, pay.PointsAmount, pay.Payable, pay.Fee = merchant.ID, pr.discount, pr.pointsAmount, pr.payable, pr.fee
-			if routes, err = s.channels.route(merchant.Channels); err != nil {
+			if routes, err = s.channels.route(merchant.Channels, pay.Livemode); err != nil {
 				return err
 			}
 			pay.Channel = routes[0].name

@@ -18,8 +18,9 @@ import (
 //
 //   - a payment in doubt, or processing for longer than RecoverAfter (longer
 //     than any request can run, so no call is still in flight), is queried:
-//     succeeded or failed as the bank says; "not found" means the bank never
-//     processed it, so it failed; "processing" waits for the next scan.
+//     succeeded or failed as the bank says; "not found" once RecoverAfter has
+//     passed since its last change means the bank never processed it, so it
+//     failed; "processing", or "not found" earlier, waits for a later scan.
 //     A payment the bank may have charged is never marked failed.
 //   - a refund in the same state is sent again under its own id, which the
 //     bank deduplicates, and recorded as the bank answers.
@@ -61,7 +62,9 @@ func (s *Service) Recover(ctx context.Context) (RecoveryReport, error) {
 			out = outcome{status: StatusSucceeded}
 		case res.Status == channel.StatusFailed:
 			out = outcome{StatusFailed, res.DeclineReason}
-		case res.Status == channel.StatusNotFound && (p.Status == StatusInDoubt || p.UpdatedAt.Before(cutoff)):
+		case res.Status == channel.StatusNotFound && p.UpdatedAt.Before(cutoff):
+			// Only once no call can still be on its way to the bank: a
+			// bank that records a charge late must not see it marked failed.
 			out = outcome{StatusFailed, "not_processed_by_bank"}
 		default:
 			rep.Pending++

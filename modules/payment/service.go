@@ -46,6 +46,9 @@ type Usage interface {
 type Config struct {
 	// Channels are the bank channels, "name=base-url" entries in priority order.
 	Channels []string
+	// TestChannels are the channels of test-mode payments (simulated banks),
+	// in the same form; test-mode payments use no other.
+	TestChannels []string
 	// IdempotencyTTL is how long idempotency keys are kept (at least 24h).
 	IdempotencyTTL time.Duration
 	// RecoverAfter is how long a payment may stay processing before the
@@ -111,6 +114,9 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	chs, err := NewChannels(cfg.Channels, cfg.Channel)
 	if err != nil {
+		return nil, err
+	}
+	if err := chs.AddTest(cfg.TestChannels, cfg.Channel); err != nil {
 		return nil, err
 	}
 	if err := chs.Connect(ChannelsDeps{Tx: deps.Tx, Redis: deps.Redis, Log: deps.Log, Instance: deps.Instance, Now: deps.Now}); err != nil {

@@ -45,6 +45,7 @@ type Config struct {
 // Payments configures the payment module (modules/payment).
 type Payments struct {
 	Channels         []string      `envconfig:"CHANNELS" desc:"bank channels, comma-separated name=base-URL entries in priority order (e.g. simbank=http://127.0.0.1:8090); empty: payments answer 503"`
+	TestChannels     []string      `envconfig:"TEST_CHANNELS" desc:"the channels of test-mode terminals' payments (simulated banks), in the same form; test-mode payments go nowhere else and answer 503 when none is set"`
 	CardKeys         string        `envconfig:"CARD_KEYS" secret:"true" desc:"keyring that seals card numbers (same form as ATRIUM_MASTER_KEY, current key first); default: ATRIUM_MASTER_KEY. After adding a key, run atrium payments rekey"`
 	IdempotencyTTL   time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h" desc:"how long an Idempotency-Key and its stored response are kept (at least 24h)"`
 	TimeoutFloor     time.Duration `envconfig:"TIMEOUT_FLOOR" default:"50ms" desc:"lowest per-attempt timeout of a bank channel (the timeout is the channel's measured p99 x 1.5)"`

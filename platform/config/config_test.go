@@ -647,6 +647,7 @@ func TestVarsKeysAreRead(t *testing.T) {
 		"ATRIUM_USAGE_FLUSH_INTERVAL": "30s",
 
 		"ATRIUM_PAYMENTS_CHANNELS":          "simbank=http://127.0.0.1:8090",
+		"ATRIUM_PAYMENTS_TEST_CHANNELS":     "simbank-test=http://127.0.0.1:8090",
 		"ATRIUM_PAYMENTS_CARD_KEYS":         "c1:" + otherMasterKey,
 		"ATRIUM_PAYMENTS_IDEMPOTENCY_TTL":   "48h0m0s",
 		"ATRIUM_PAYMENTS_TIMEOUT_FLOOR":     "100ms",
