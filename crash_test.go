@@ -75,7 +75,7 @@ func TestPaymentsSurviveKill9(t *testing.T) {
 	env := append(os.Environ(), "ATRIUM_CRASH_CHILD=1", "ATRIUM_ENV=development", "ATRIUM_HTTP_ADDR="+addr,
 		"ATRIUM_DATABASE_URL="+dbURL, "ATRIUM_REDIS_URL="+testenv.RedisURL(), "ATRIUM_REDIS_PREFIX="+prefix,
 		"ATRIUM_MASTER_KEY="+testMasterKey, "ATRIUM_INSTANCE_ID=crash", "ATRIUM_AUTH_ISSUER=http://atrium.test", "ATRIUM_LOG_LEVEL=warn", "ATRIUM_LOG_FORMAT=json",
-		"ATRIUM_PAYMENTS_CHANNELS=simbank="+bankSrv, "ATRIUM_PAYMENTS_CALL_TIMEOUT=1s", "ATRIUM_PAYMENTS_RECOVER_AFTER=2s",
+		"ATRIUM_PAYMENTS_CHANNELS=simbank="+bankSrv, "ATRIUM_PAYMENTS_CALL_TIMEOUT=1s", "ATRIUM_PAYMENTS_RECOVER_AFTER=6s",
 		"ATRIUM_PAYMENTS_RECOVERY_INTERVAL=200ms", "ATRIUM_PAYMENTS_TIMEOUT_CEILING=500ms")
 	logs := &testenv.LogBuffer{}
 	start := func() *exec.Cmd {

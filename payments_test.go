@@ -37,7 +37,7 @@ type payEnv struct {
 func payConfig(cfg *config.Config, channels ...string) {
 	cfg.Payments = config.Payments{IdempotencyTTL: 24 * time.Hour, TimeoutFloor: 50 * time.Millisecond,
 		TimeoutCeiling: 1 * time.Second, MaxConcurrent: 64, CallTimeout: 3 * time.Second,
-		RecoverAfter: 4 * time.Second, RecoveryInterval: 200 * time.Millisecond}
+		RecoverAfter: 8 * time.Second, RecoveryInterval: 200 * time.Millisecond}
 	cfg.Payments.Channels = channels
 	// Test-mode payments go to the first bank too, through a channel of their own.
 	if len(channels) > 0 {
@@ -215,6 +215,30 @@ func TestPaymentsEndToEnd(t *testing.T) {
 				t.Errorf("%s: %s", field, b)
 			}
 		}
+	})
+
+	t.Run("a key is its terminal's, terminals cannot read merchants, odd input is refused", func(t *testing.T) {
+		key := uuid.NewString()
+		pay(t, env, in, key, cardPayment(321), http.StatusCreated)
+		other := newTerminalToken(t, in, env.admin, env.tenant, "shop-1", false)
+		resp, b := post(t, in, other, "/api/v1/payments", key, cardPayment(321))
+		wantProblem(t, resp, b, http.StatusUnprocessableEntity, "unprocessable")
+		for _, path := range []string{"/api/v1/merchants", "/api/v1/merchants/" + env.merchant.ID, "/api/v1/merchants/" + env.merchant.ID + "/balances"} {
+			resp, b := apiAs(t, in, env.terminal)(http.MethodGet, path, nil)
+			wantProblem(t, resp, b, http.StatusForbidden, "forbidden")
+		}
+		nul := cardPayment(100)
+		nul["customer_ref"] = "a\x00b"
+		resp, b = post(t, in, env.terminal, "/api/v1/payments", uuid.NewString(), nul)
+		wantProblem(t, resp, b, http.StatusBadRequest, "invalid")
+		nul = cardPayment(100)
+		nul["device"] = map[string]any{"model": "a\x00b"}
+		resp, b = post(t, in, env.terminal, "/api/v1/payments", uuid.NewString(), nul)
+		wantProblem(t, resp, b, http.StatusBadRequest, "invalid")
+		resp, b = post(t, in, env.admin, "/api/v1/payments/not-an-id/refunds", uuid.NewString(), map[string]any{})
+		wantProblem(t, resp, b, http.StatusNotFound, "not_found")
+		resp, b = apiAs(t, in, env.admin)(http.MethodGet, "/api/v1/payments?order_no=%00", nil)
+		wantProblem(t, resp, b, http.StatusBadRequest, "invalid")
 	})
 
 	t.Run("discounts are computed by the server", func(t *testing.T) {

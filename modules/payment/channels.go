@@ -148,6 +148,15 @@ func (c *Channels) AddTest(specs []string, tmpl channel.Config) error {
 	return nil
 }
 
+// allNames lists every channel, live and test.
+func (c *Channels) allNames() []string {
+	out := make([]string, len(c.list))
+	for i, nc := range c.list {
+		out[i] = nc.name
+	}
+	return out
+}
+
 // Names lists the live channels in priority order.
 func (c *Channels) Names() []string {
 	var out []string

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/atriumhq/atrium/platform/errs"
+	"github.com/atriumhq/atrium/platform/postgres"
 )
 
 // Idempotency keys follow Stripe's semantics, per tenant:
@@ -66,6 +67,9 @@ func (s *Service) claimKey(ctx context.Context, tx pgx.Tx, tenant, key string, h
 		)
 		err = tx.QueryRow(ctx, `SELECT request_hash, state, response_status, response_body, expires_at
 			FROM idempotency_keys WHERE tenant_id = $1 AND key = $2`, tenant, key).Scan(&stored, &state, &status, &body, &expires)
+		if postgres.IsNoRows(err) {
+			continue // released in between (nothing was charged): claim it again
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -120,10 +124,18 @@ func releaseKey(ctx context.Context, tx pgx.Tx, tenant, paymentID, refundID stri
 // sweepKeys deletes expired keys whose request has finished.
 func (s *Service) sweepKeys(ctx context.Context) (int64, error) {
 	var n int64
-	err := s.tx.Do(ctx, "payment.sweep_keys", func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `DELETE FROM idempotency_keys WHERE expires_at < $1 AND state = 'done'`, s.now())
-		n = tag.RowsAffected()
-		return err
-	})
-	return n, err
+	// In batches, so that no sweep holds many row locks or runs long.
+	for {
+		var batch int64
+		err := s.tx.Do(ctx, "payment.sweep_keys", func(tx pgx.Tx) error {
+			tag, err := tx.Exec(ctx, `DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys
+				WHERE expires_at < $1 AND state = 'done' LIMIT 5000)`, s.now())
+			batch = tag.RowsAffected()
+			return err
+		})
+		n += batch
+		if err != nil || batch < 5000 {
+			return n, err
+		}
+	}
 }

@@ -93,8 +93,8 @@ func (s *Service) apply(m *Merchant, in MerchantInput, creating bool) error {
 	}
 	if in.Name != nil {
 		n := strings.TrimSpace(*in.Name)
-		if n == "" || len(n) > 200 {
-			return errs.Field("name", "must be 1 to 200 characters")
+		if n == "" || len(n) > 200 || !cleanText(n) {
+			return errs.Field("name", "must be 1 to 200 characters, without control characters")
 		}
 		m.Name = n
 	}
@@ -106,8 +106,8 @@ func (s *Service) apply(m *Merchant, in MerchantInput, creating bool) error {
 	}
 	if in.SettlementAccount != nil {
 		a := strings.TrimSpace(*in.SettlementAccount)
-		if a == "" || len(a) > 64 {
-			return errs.Field("settlement_account", "must be 1 to 64 characters")
+		if a == "" || len(a) > 64 || !cleanText(a) {
+			return errs.Field("settlement_account", "must be 1 to 64 characters, without control characters")
 		}
 		m.SettlementAccount = a
 	}
@@ -280,7 +280,9 @@ func getMerchant(ctx context.Context, tx pgx.Tx, id string, lock bool) (*Merchan
 	}
 	q := `SELECT ` + merchantCols + ` FROM merchants WHERE id = $1`
 	if lock {
-		q += ` FOR UPDATE`
+		// Not FOR UPDATE: that would block every payment insert's foreign
+		// key check on the merchant while the merchant is edited.
+		q += ` FOR NO KEY UPDATE`
 	}
 	rows, _ := tx.Query(ctx, q, id)
 	m, err := pgx.CollectExactlyOneRow(rows, scanMerchant)
@@ -290,8 +292,20 @@ func getMerchant(ctx context.Context, tx pgx.Tx, id string, lock bool) (*Merchan
 	return &m, err
 }
 
+// refuseTerminals refuses POS terminals, which take payments but have no
+// business reading merchants' settlement accounts, fees or balances.
+func refuseTerminals(ctx context.Context) error {
+	if p := principal.From(ctx); p != nil && p.Kind == principal.Terminal {
+		return errs.E(errs.Forbidden, "terminals cannot read merchants")
+	}
+	return nil
+}
+
 // GetMerchant returns a merchant in the caller's scope.
 func (s *Service) GetMerchant(ctx context.Context, id string) (*Merchant, error) {
+	if err := refuseTerminals(ctx); err != nil {
+		return nil, err
+	}
 	var m *Merchant
 	err := s.tx.Do(ctx, "payment.get_merchant", func(tx pgx.Tx) error {
 		var err error
@@ -303,6 +317,9 @@ func (s *Service) GetMerchant(ctx context.Context, id string) (*Merchant, error)
 
 // ListMerchants lists the merchants in the caller's scope.
 func (s *Service) ListMerchants(ctx context.Context) ([]Merchant, error) {
+	if err := refuseTerminals(ctx); err != nil {
+		return nil, err
+	}
 	return postgres.Collect(ctx, s.tx, "payment.list_merchants", scanMerchant,
 		`SELECT `+merchantCols+` FROM merchants ORDER BY tenant_id, name, id`)
 }

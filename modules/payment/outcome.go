@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/http"
 
+	"github.com/google/uuid"
+
 	"github.com/jackc/pgx/v5"
 
 	"github.com/atriumhq/atrium/modules/payment/channel"
@@ -75,6 +77,12 @@ func (s *Service) finish(ctx context.Context, known *Payment, out outcome) (*Res
 			if pay, err = scanPayment(tx.QueryRow(ctx, `SELECT `+paymentCols+` FROM payments WHERE id = $1`, id)); err != nil {
 				return err
 			}
+			if out.status == StatusSucceeded && pay.Status == StatusFailed {
+				// Cannot happen while RecoverAfter exceeds every call's
+				// lifetime; if it does, a person must look.
+				s.log.Error().Str("payment", id).Str("decline_reason", pay.DeclineReason).
+					Msg("the bank charged a payment recorded as failed: refund it or correct it by hand")
+			}
 			resp, err = storedOrCurrent(ctx, tx, pay)
 			return err
 		}
@@ -129,6 +137,9 @@ func (s *Service) abandon(ctx context.Context, pay *Payment, cause error) error 
 	err := s.tx.Do(ctx, "payment.abandon", func(tx pgx.Tx) error {
 		p, err := scanPayment(tx.QueryRow(ctx, `UPDATE payments SET status = 'failed', decline_reason = 'channel_unavailable', updated_at = $2
 			WHERE id = $1 AND status = 'processing' RETURNING `+paymentCols, pay.ID, now))
+		if postgres.IsNoRows(err) {
+			return nil // decided already (the recovery worker): nothing to undo
+		}
 		if err != nil {
 			return err
 		}
@@ -172,6 +183,9 @@ func (s *Service) failover(ctx context.Context, pay *Payment, from, to string, c
 
 // load reads a payment in ctx's scope.
 func (s *Service) load(ctx context.Context, id string) (*Payment, error) {
+	if _, err := uuid.Parse(id); err != nil {
+		return nil, errs.E(errs.NotFound, "no such payment")
+	}
 	var p *Payment
 	err := s.tx.Do(ctx, "payment.load", func(tx pgx.Tx) error {
 		var err error

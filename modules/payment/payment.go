@@ -1,6 +1,7 @@
 package payment
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -8,6 +9,8 @@ import (
 	"math"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -174,7 +177,7 @@ func (in *NewPayment) validate(now time.Time) error {
 		if in.Method.Number != "" || in.Method.ExpMonth != 0 || in.Method.ExpYear != 0 {
 			return errs.Field("method.number", "is for card payments only")
 		}
-		if c := strings.TrimSpace(in.Method.Code); len(c) < 8 || len(c) > 64 {
+		if c := strings.TrimSpace(in.Method.Code); len(c) < 8 || len(c) > 64 || !cleanText(c) {
 			return errs.Field("method.code", "must be 8 to 64 characters")
 		}
 	case "":
@@ -182,8 +185,8 @@ func (in *NewPayment) validate(now time.Time) error {
 	default:
 		return errs.Field("method.type", "must be card or wallet")
 	}
-	if len(in.CustomerRef) > 64 {
-		return errs.Field("customer_ref", "must be at most 64 characters")
+	if len(in.CustomerRef) > 64 || !cleanText(in.CustomerRef) {
+		return errs.Field("customer_ref", "must be at most 64 characters, without control characters")
 	}
 	if len(in.Device) > 0 {
 		if len(in.Device) > 2048 {
@@ -193,8 +196,12 @@ func (in *NewPayment) validate(now time.Time) error {
 		if json.Unmarshal(in.Device, &obj) != nil || obj == nil {
 			return errs.Field("device", "must be a JSON object")
 		}
+		// PostgreSQL's jsonb cannot hold a NUL character.
+		if bytes.Contains(in.Device, []byte(`\u0000`)) {
+			return errs.Field("device", "must not contain NUL characters")
+		}
 	}
-	if len(in.Discounts.PromotionID) > 64 {
+	if len(in.Discounts.PromotionID) > 64 || !cleanText(in.Discounts.PromotionID) {
 		return errs.Field("discounts.promotion_id", "must be at most 64 characters")
 	}
 	if in.Discounts.Points < 0 {
@@ -310,7 +317,10 @@ func (s *Service) Create(ctx context.Context, key string, in NewPayment) (*Respo
 	var routes []*namedChannel
 	var merchant *Merchant
 	var replay *Response
-	hash := in.fingerprint("payment")
+	// The terminal is part of the request: another terminal sending the same
+	// key (a receipt counter, say) is told so (422), never handed this one's
+	// payment.
+	hash := in.fingerprint("payment:" + p.ID)
 	for attempt := 0; ; attempt++ {
 		pay.OrderNo = newOrderNo(now)
 		err = s.tx.Do(ctx, "payment.begin", func(tx pgx.Tx) error {
@@ -335,7 +345,7 @@ func (s *Service) Create(ctx context.Context, key string, in NewPayment) (*Respo
 					discount, points, points_amount, payable, fee, method, card_bin, card_last4, card_sealed, wallet_code,
 					customer_ref, device, status, channel, created_at, updated_at, idempotency_key)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULLIF($9, ''), $10, $11, $12, $13, $14, $15, $16, $17, $18,
-					NULLIF($19, ''), NULLIF($20, ''), $21, 'processing', $22, $23, $23, $24)
+					NULLIF($19, ''), NULLIF($20, ''), $21, 'processing', $22, $23, clock_timestamp(), $24)
 				RETURNING id, tenant_id, created_at)
 				INSERT INTO payment_transitions (tenant_id, payment_id, status, at) SELECT tenant_id, id, 'processing', created_at FROM p`,
 				pay.ID, pay.TenantID, pay.MerchantID, pay.TerminalID, pay.OrderNo, pay.Livemode, pay.Amount, pay.Currency,
@@ -375,6 +385,20 @@ func nullJSON(b json.RawMessage) any {
 	return []byte(b)
 }
 
+// cleanText reports whether s is valid UTF-8 without control characters
+// (PostgreSQL's text refuses NUL; the others have no place in these fields).
+func cleanText(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
+}
+
 func isUnique(err error, constraint string) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && pe.Code == "23505" && (constraint == "" || pe.ConstraintName == constraint)
@@ -383,16 +407,24 @@ func isUnique(err error, constraint string) bool {
 // pay calls the channels in route order, failing over while a channel
 // refuses without charging, and records the outcome.
 func (s *Service) pay(ctx context.Context, pay *Payment, routes []*namedChannel, source string) (*Response, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.CallTimeout)
+	// The bank calls, failover included, end within CallTimeout whatever the
+	// terminal does; recording their outcome gets its own deadline, so a
+	// payment charged at the last moment is still recorded.
+	ctx = context.WithoutCancel(ctx)
+	callCtx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
 	defer cancel()
+	record := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, recordTimeout) }
 	var last error
 	for i, nc := range routes {
 		if i > 0 {
-			if err := s.failover(ctx, pay, routes[i-1].name, nc.name, last); err != nil {
+			rctx, done := record()
+			err := s.failover(rctx, pay, routes[i-1].name, nc.name, last)
+			done()
+			if err != nil {
 				return nil, err
 			}
 		}
-		res, err := nc.ch.Pay(ctx, channel.PayRequest{ID: pay.ID, Amount: pay.Payable, Currency: pay.Currency,
+		res, err := nc.ch.Pay(callCtx, channel.PayRequest{ID: pay.ID, Amount: pay.Payable, Currency: pay.Currency,
 			Source: source, Merchant: pay.MerchantID})
 		if errs.CodeOf(err) == errs.Unavailable {
 			last = err
@@ -402,9 +434,25 @@ func (s *Service) pay(ctx context.Context, pay *Payment, routes []*namedChannel,
 		if out.status == StatusInDoubt {
 			s.log.Warn().Ctx(ctx).Err(err).Str("payment", pay.ID).Str("channel", nc.name).Msg("payment in doubt: the recovery worker will ask the bank")
 		}
-		return s.finish(ctx, pay, out)
+		rctx, done := record()
+		defer done()
+		resp, err := s.finish(rctx, pay, out)
+		if err != nil {
+			// The bank answered but the outcome could not be recorded: the
+			// payment stays processing and the recovery worker records it.
+			// The terminal must not pay again: it is told to ask.
+			s.log.Error().Ctx(ctx).Err(err).Str("payment", pay.ID).Str("outcome", out.status).Msg("recording a payment's outcome failed; recovery will")
+			return nil, &errs.Error{Code: errs.Unavailable, Extra: map[string]any{"retry_after_seconds": 5, "payment_id": pay.ID},
+				Message: "the payment's outcome could not be recorded yet; do not pay again: ask GET /api/v1/payments/" + pay.ID + " or retry with the same Idempotency-Key"}
+		}
+		return resp, nil
 	}
 	// Every channel refused: nothing was charged. The payment is recorded as
 	// failed and the key released, so the terminal may retry with it.
-	return nil, s.abandon(ctx, pay, last)
+	rctx, done := record()
+	defer done()
+	return nil, s.abandon(rctx, pay, last)
 }
+
+// recordTimeout bounds recording an outcome after the bank call.
+const recordTimeout = 10 * time.Second

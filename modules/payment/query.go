@@ -68,6 +68,9 @@ type Filter struct {
 func ParseFilter(get func(string) string) (Filter, error) {
 	f := Filter{Status: get("status"), TerminalID: get("terminal_id"), MerchantID: get("merchant_id"),
 		OrderNo: strings.TrimSpace(get("order_no")), After: get("cursor"), Limit: 50}
+	if len(f.OrderNo) > 64 || !cleanText(f.OrderNo) {
+		return f, errs.Field("order_no", "must be at most 64 characters, without control characters")
+	}
 	switch f.Status {
 	case "", StatusProcessing, StatusSucceeded, StatusFailed, StatusInDoubt, StatusPartiallyRefunded, StatusRefunded, StatusVoided:
 	default:

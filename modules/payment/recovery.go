@@ -36,11 +36,33 @@ type RecoveryReport struct {
 func (s *Service) Recover(ctx context.Context) (RecoveryReport, error) {
 	var rep RecoveryReport
 	ctx = postgres.AllTenants(ctx, "payment recovery")
-	cutoff := s.now().Add(-s.cfg.RecoverAfter)
-	pays, err := postgres.Collect(ctx, s.tx, "payment.recovery_scan", collectPayment, `SELECT `+paymentCols+` FROM payments
-		WHERE status IN ('processing', 'in_doubt') AND (status = 'in_doubt' OR updated_at < $1) ORDER BY updated_at LIMIT 200`, cutoff)
-	if err != nil {
+	// Ages are judged by the database's clock, which stamped updated_at,
+	// never by this instance's.
+	var dbNow time.Time
+	if err := s.tx.QueryRow(ctx, "payment.recovery_clock", `SELECT now()`, nil, &dbNow); err != nil {
 		return rep, err
+	}
+	cutoff := dbNow.Add(-s.cfg.RecoverAfter)
+	// Rows of channels no longer configured are left out (they would stay
+	// at the head of the queue for ever); each scan walks up to 2000 rows
+	// in pages, so rows that stay unresolved cannot starve the others.
+	names := s.channels.allNames()
+	var pays []Payment
+	for page, after := 0, (struct {
+		at time.Time
+		id string
+	}{}); page < 10; page++ {
+		batch, err := postgres.Collect(ctx, s.tx, "payment.recovery_scan", collectPayment, `SELECT `+paymentCols+` FROM payments
+			WHERE status IN ('processing', 'in_doubt') AND (status = 'in_doubt' OR updated_at < $1) AND channel = ANY($2)
+			AND (updated_at, id) > ($3, $4::uuid) ORDER BY updated_at, id LIMIT 200`, cutoff, names, after.at, orNil(after.id))
+		if err != nil {
+			return rep, err
+		}
+		pays = append(pays, batch...)
+		if len(batch) < 200 {
+			break
+		}
+		after.at, after.id = batch[len(batch)-1].UpdatedAt, batch[len(batch)-1].ID
 	}
 	for i := range pays {
 		p := &pays[i]
@@ -79,9 +101,9 @@ func (s *Service) Recover(ctx context.Context) (RecoveryReport, error) {
 	}
 
 	var refs []*Refund
-	err = s.tx.Do(ctx, "refund.recovery_scan", func(tx pgx.Tx) error {
+	err := s.tx.Do(ctx, "refund.recovery_scan", func(tx pgx.Tx) error {
 		rows, _ := tx.Query(ctx, `SELECT `+refundCols+` FROM refunds WHERE status IN ('processing', 'in_doubt')
-			AND (status = 'in_doubt' OR updated_at < $1) ORDER BY updated_at LIMIT 200`, cutoff)
+			AND (status = 'in_doubt' OR updated_at < $1) AND channel = ANY($2) ORDER BY updated_at, id LIMIT 2000`, cutoff, names)
 		xs, err := pgx.CollectRows(rows, collectRefund)
 		for i := range xs {
 			refs = append(refs, &xs[i])
@@ -135,4 +157,12 @@ func (s *Service) runRecovery(ctx context.Context) {
 			}
 		}
 	})
+}
+
+// orNil is the zero UUID for "", so a keyset starts before every id.
+func orNil(id string) string {
+	if id == "" {
+		return "00000000-0000-0000-0000-000000000000"
+	}
+	return id
 }

@@ -78,8 +78,8 @@ func (s *Service) CreateRefund(ctx context.Context, key, paymentID, kind string,
 		return nil, errs.Field("amount", "a void is always of the whole payment; leave amount out")
 	}
 	in.Reason = strings.TrimSpace(in.Reason)
-	if len(in.Reason) > 200 {
-		return nil, errs.Field("reason", "must be at most 200 characters")
+	if len(in.Reason) > 200 || !cleanText(in.Reason) {
+		return nil, errs.Field("reason", "must be at most 200 characters, without control characters")
 	}
 	// The payment's tenant scopes everything after (a platform
 	// administrator reads it across tenants; anyone else only sees theirs).
@@ -129,7 +129,7 @@ func (s *Service) CreateRefund(ctx context.Context, key, paymentID, kind string,
 		}
 		b := &pgx.Batch{}
 		b.Queue(`INSERT INTO refunds (id, tenant_id, payment_id, livemode, amount, currency, kind, reason, status, channel, created_by, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF($8, ''), 'processing', $9, $10, $11, $11)`,
+			VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF($8, ''), 'processing', $9, $10, $11, clock_timestamp())`,
 			ref.ID, ref.TenantID, paymentID, ref.Livemode, ref.Amount, ref.Currency, kind, ref.Reason, ref.Channel, ref.CreatedBy, now)
 		queueTransition(b, ref.TenantID, paymentID, ref.ID, StatusProcessing, kind+" requested", now)
 		if err := runBatch(ctx, tx, b); err != nil {
@@ -144,17 +144,22 @@ func (s *Service) CreateRefund(ctx context.Context, key, paymentID, kind string,
 	if replay != nil {
 		return replay, nil
 	}
+	// As for payments: the bank call and the recording of its outcome run
+	// to their end whatever the client does.
+	ctx = context.WithoutCancel(ctx)
+	rctx, done := context.WithTimeout(ctx, s.cfg.CallTimeout+recordTimeout)
+	defer done()
 	nc, ok := s.channels.get(ref.Channel)
 	if !ok {
-		return nil, s.abandonRefund(ctx, ref, errs.E(errs.Unavailable, "bank channel %s is no longer configured", ref.Channel))
+		return nil, s.abandonRefund(rctx, ref, errs.E(errs.Unavailable, "bank channel %s is no longer configured", ref.Channel))
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.CallTimeout)
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
 	defer cancel()
 	res, err := nc.ch.Refund(cctx, channel.RefundRequest{ID: ref.ID, ChargeID: paymentID, Amount: ref.Amount})
 	if errs.CodeOf(err) == errs.Unavailable {
-		return nil, s.abandonRefund(ctx, ref, err)
+		return nil, s.abandonRefund(rctx, ref, err)
 	}
-	return s.finishRefund(ctx, ref, refundOutcome(res, err))
+	return s.finishRefund(rctx, ref, refundOutcome(res, err))
 }
 
 func sameUTCDay(a, b time.Time) bool {

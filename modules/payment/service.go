@@ -100,8 +100,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 20 * time.Second
 	}
-	if cfg.RecoverAfter <= cfg.CallTimeout {
-		cfg.RecoverAfter = 2 * cfg.CallTimeout
+	if cfg.RecoverAfter < cfg.CallTimeout+5*time.Second {
+		cfg.RecoverAfter = max(2*cfg.CallTimeout, cfg.CallTimeout+5*time.Second)
 	}
 	if cfg.RecoveryInterval <= 0 {
 		cfg.RecoveryInterval = 5 * time.Second

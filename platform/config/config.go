@@ -52,7 +52,7 @@ type Payments struct {
 	TimeoutCeiling   time.Duration `envconfig:"TIMEOUT_CEILING" default:"5s" desc:"highest per-attempt timeout of a bank channel, and its timeout until enough calls are measured"`
 	MaxConcurrent    uint          `envconfig:"MAX_CONCURRENT" default:"64" desc:"bulkhead: concurrent calls per bank channel per instance; excess is answered 503 with Retry-After at once"`
 	CallTimeout      time.Duration `envconfig:"CALL_TIMEOUT" default:"20s" desc:"bound on one payment's or refund's bank calls, failover included, whatever the client does"`
-	RecoverAfter     time.Duration `envconfig:"RECOVER_AFTER" default:"60s" desc:"age at which a payment still processing is resolved by asking the bank (above ATRIUM_PAYMENTS_CALL_TIMEOUT)"`
+	RecoverAfter     time.Duration `envconfig:"RECOVER_AFTER" default:"60s" desc:"age at which a payment still processing is resolved by asking the bank, and at which the bank's 'no such charge' is believed (at least ATRIUM_PAYMENTS_CALL_TIMEOUT + 5s)"`
 	RecoveryInterval time.Duration `envconfig:"RECOVERY_INTERVAL" default:"5s" desc:"how often the recovery leader looks for payments and refunds to resolve"`
 }
 
@@ -293,8 +293,8 @@ func (c Config) Validate() error {
 	if c.Payments.CallTimeout < time.Second || c.Payments.CallTimeout > 5*time.Minute {
 		return &Error{Var: "ATRIUM_PAYMENTS_CALL_TIMEOUT", Problem: "must be between 1s and 5m"}
 	}
-	if c.Payments.RecoverAfter <= c.Payments.CallTimeout {
-		return &Error{Var: "ATRIUM_PAYMENTS_RECOVER_AFTER", Problem: "must be above ATRIUM_PAYMENTS_CALL_TIMEOUT (the longest a bank call runs)"}
+	if c.Payments.RecoverAfter < c.Payments.CallTimeout+5*time.Second {
+		return &Error{Var: "ATRIUM_PAYMENTS_RECOVER_AFTER", Problem: "must be at least ATRIUM_PAYMENTS_CALL_TIMEOUT (the longest a bank call runs) + 5s"}
 	}
 	if c.Payments.RecoveryInterval < 100*time.Millisecond {
 		return &Error{Var: "ATRIUM_PAYMENTS_RECOVERY_INTERVAL", Problem: "must be at least 100ms"}

@@ -67,7 +67,7 @@ CREATE TABLE payments (
     FOREIGN KEY (tenant_id, merchant_id) REFERENCES merchants (tenant_id, id)
 );
 CREATE INDEX payments_list ON payments (tenant_id, livemode, id);
-CREATE INDEX payments_terminal ON payments (tenant_id, terminal_id, created_at DESC);
+CREATE INDEX payments_terminal ON payments (tenant_id, terminal_id, livemode, id);
 -- What the recovery worker scans.
 CREATE INDEX payments_unresolved ON payments (updated_at) WHERE status IN ('processing', 'in_doubt');
 
