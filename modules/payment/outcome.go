@@ -155,10 +155,20 @@ func (s *Service) abandon(ctx context.Context, pay *Payment, cause error) error 
 		return err
 	}
 	if e := errs.As(cause); e.Code == errs.Unavailable {
-		return &errs.Error{Code: errs.Unavailable, Extra: e.Extra,
+		return &errs.Error{Code: errs.Unavailable, Extra: withRetryAfter(e.Extra),
 			Message: "no bank channel took the payment (" + e.Message + "); nothing was charged: retry later with the same Idempotency-Key"}
 	}
 	return cause
+}
+
+// withRetryAfter is extra with retry_after_seconds, 1 unless it has one:
+// every "nothing was charged, retry" answer tells the client when.
+func withRetryAfter(extra map[string]any) map[string]any {
+	out := map[string]any{"retry_after_seconds": 1}
+	for k, v := range extra {
+		out[k] = v
+	}
+	return out
 }
 
 // failover moves a processing payment to the next channel after the

@@ -279,6 +279,6 @@ func (s *Service) abandonRefund(ctx context.Context, ref *Refund, cause error) e
 		return err
 	}
 	e := errs.As(cause)
-	return &errs.Error{Code: errs.Unavailable, Extra: e.Extra,
+	return &errs.Error{Code: errs.Unavailable, Extra: withRetryAfter(e.Extra),
 		Message: "the bank channel did not take the " + ref.Kind + " (" + e.Message + "); nothing was refunded: retry later with the same Idempotency-Key"}
 }
