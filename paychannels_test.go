@@ -213,7 +213,10 @@ func TestBrowserChannelBreakerSwitch(t *testing.T) {
 			if err == nil {
 				return
 			}
-			if !strings.Contains(err.Error(), "Cannot find context") || time.Now().After(deadline) {
+			// chromedp reports the page going away mid-poll in several words.
+			transient := strings.Contains(err.Error(), "Cannot find context") || strings.Contains(err.Error(), "navigated") ||
+				strings.Contains(err.Error(), "Execution context was destroyed")
+			if !transient || time.Now().After(deadline) {
 				t.Fatalf("%s: %v", what, err)
 			}
 			time.Sleep(50 * time.Millisecond)
