@@ -44,12 +44,9 @@ func TestPaymentsSurviveKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration")
 	}
-	bank, err := simbank.New(simbank.Config{Seed: 7, Faults: simbank.Faults{P50: 3 * time.Millisecond, P99: 40 * time.Millisecond,
+	// The bank lives in the test process: it outlives the server it witnesses.
+	bank, bankSrv := startBank(t, simbank.Config{Seed: 7, Faults: simbank.Faults{P50: 3 * time.Millisecond, P99: 40 * time.Millisecond,
 		TimeoutRate: 0.02, Hang: 2 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bankSrv := newBankServer(t, bank)
 	dbURL := testenv.Database(t, atriumsql.Migrations())
 	prefix := testenv.RedisPrefix(t)
 
@@ -59,11 +56,7 @@ func TestPaymentsSurviveKill9(t *testing.T) {
 	admin := loginAdmin(t, setup)
 	tenant := uuid.NewString()
 	ensureTenant(t, setup, tenant)
-	for _, q := range []string{"payments_per_second", "terminal_requests_per_second"} {
-		resp, body := call(t, http.MethodPut, setup.URL+"/api/v1/tenants/"+tenant+"/quotas/"+q,
-			jsonBody(map[string]int{"value": 1_000_000}), withJSON(bearer(admin)))
-		wantStatus(t, resp, body, http.StatusOK)
-	}
+	liftPaymentLimits(t, setup, admin, tenant)
 	createMerchant(t, setup, admin, tenant, "crash-shop", nil)
 	terminal := newTerminalToken(t, setup, admin, tenant, "crash-shop", false)
 	if err := setup.Stop(); err != nil {
@@ -250,18 +243,6 @@ func payOnce(hc *http.Client, base, token, key string) (id string, ok bool) {
 		return "", false
 	}
 	return p.ID, true
-}
-
-func newBankServer(t testing.TB, bank *simbank.Bank) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: bank.Handler()}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { bank.Close(); _ = srv.Close() })
-	return "http://" + ln.Addr().String()
 }
 
 func freeAddr(t testing.TB) string {

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -21,18 +20,13 @@ import (
 // is a simulated bank, sharing one database and Redis key space.
 func startChannelCluster(t *testing.T, n int) []*instance {
 	t.Helper()
-	bank, err := simbank.New(simbank.Config{Seed: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(bank.Handler())
-	t.Cleanup(func() { bank.Close(); srv.Close() })
+	_, bankURL := startBank(t, simbank.Config{Seed: 1})
 	dbURL := testenv.Database(t, atriumsql.Migrations())
 	prefix := testenv.RedisPrefix(t)
 	out := make([]*instance, n)
 	for i := range out {
 		cfg := testConfig(dbURL, prefix, fmt.Sprintf("test-%d", i))
-		cfg.Payments.Channels = []string{"simbank=" + srv.URL}
+		cfg.Payments.Channels = []string{"simbank=" + bankURL}
 		out[i] = startInstance(t, cfg)
 	}
 	return out

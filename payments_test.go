@@ -46,9 +46,10 @@ func payConfig(cfg *config.Config, channels ...string) {
 	}
 }
 
-func startBank(t testing.TB) (*simbank.Bank, string) {
+// startBank serves a simulated bank made with cfg for the test's length.
+func startBank(t testing.TB, cfg simbank.Config) (*simbank.Bank, string) {
 	t.Helper()
-	bank, err := simbank.New(simbank.Config{Seed: 1})
+	bank, err := simbank.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +68,7 @@ func startPaymentCluster(t testing.TB, n int) []*instance {
 
 func startPaymentClusterBank(t testing.TB, n int) ([]*instance, *simbank.Bank) {
 	t.Helper()
-	bank, bankURL := startBank(t)
+	bank, bankURL := startBank(t, simbank.Config{Seed: 1})
 	dbURL := testenv.Database(t, atriumsql.Migrations())
 	prefix := testenv.RedisPrefix(t)
 	var out []*instance
@@ -86,17 +87,23 @@ func startPayments(t testing.TB, n int) *payEnv {
 	in := env.in[0]
 	env.admin = loginAdmin(t, in)
 	ensureTenant(t, in, env.tenant)
-	// Tests send payments faster than a real terminal's rate limit.
-	for _, q := range []string{"payments_per_second", "terminal_requests_per_second"} {
-		resp, body := call(t, http.MethodPut, in.URL+"/api/v1/tenants/"+env.tenant+"/quotas/"+q,
-			jsonBody(map[string]int{"value": 1_000_000}), withJSON(bearer(env.admin)))
-		wantStatus(t, resp, body, http.StatusOK)
-	}
+	liftPaymentLimits(t, in, env.admin, env.tenant)
 	env.merchant = createMerchant(t, in, env.admin, env.tenant, "shop-1", map[string]any{
 		"fee_bps": 250, "fee_fixed": 10, "point_value": 1,
 		"promotions": []map[string]any{{"id": "spend100save10", "spend": 10000, "save": 1000}}})
 	env.terminal = newTerminalToken(t, in, env.admin, env.tenant, "shop-1", false)
 	return env
+}
+
+// liftPaymentLimits lifts the tenant's payment and terminal rate limits:
+// tests send payments faster than a real terminal may.
+func liftPaymentLimits(t testing.TB, in *instance, admin, tenant string) {
+	t.Helper()
+	for _, q := range []string{"payments_per_second", "terminal_requests_per_second"} {
+		resp, body := call(t, http.MethodPut, in.URL+"/api/v1/tenants/"+tenant+"/quotas/"+q,
+			jsonBody(map[string]int{"value": 1_000_000}), withJSON(bearer(admin)))
+		wantStatus(t, resp, body, http.StatusOK)
+	}
 }
 
 func createMerchant(t testing.TB, in *instance, token, tenant, ref string, extra map[string]any) payment.Merchant {
@@ -407,19 +414,15 @@ func TestPaymentRoutingAndFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration")
 	}
-	bankA, urlA := startBank(t)
-	bankB, urlB := startBank(t)
+	bankA, urlA := startBank(t, simbank.Config{Seed: 1})
+	bankB, urlB := startBank(t, simbank.Config{Seed: 1})
 	cfg := testConfig(testenv.Database(t, atriumsql.Migrations()), testenv.RedisPrefix(t), "route-0")
 	payConfig(&cfg, "bank-a="+urlA, "bank-b="+urlB)
 	in := startInstance(t, cfg)
 	admin := loginAdmin(t, in)
 	tenant := uuid.NewString()
 	ensureTenant(t, in, tenant)
-	for _, q := range []string{"payments_per_second", "terminal_requests_per_second"} {
-		resp, body := call(t, http.MethodPut, in.URL+"/api/v1/tenants/"+tenant+"/quotas/"+q,
-			jsonBody(map[string]int{"value": 1_000_000}), withJSON(bearer(admin)))
-		wantStatus(t, resp, body, http.StatusOK)
-	}
+	liftPaymentLimits(t, in, admin, tenant)
 	createMerchant(t, in, admin, tenant, "any", nil)
 	createMerchant(t, in, admin, tenant, "b-only", map[string]any{"channels": []string{"bank-b"}})
 	anyTerm := newTerminalToken(t, in, admin, tenant, "any", false)

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -395,14 +393,7 @@ func TestRateLimitRedisDown(t *testing.T) {
 // terminalToken registers a terminal of tenant and returns its access token.
 func terminalToken(t testing.TB, in *instance, admin, tenant string) string {
 	t.Helper()
-	resp, body := call(t, http.MethodPost, in.URL+"/api/v1/terminals", jsonBody(map[string]string{"merchant_ref": "m-rl", "tenant_id": tenant}),
-		withJSON(bearer(admin)))
-	wantStatus(t, resp, body, http.StatusCreated)
-	term := decodeJSON[auth.Terminal](t, body)
-	basic := http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte(term.ID+":"+term.Secret))}}
-	resp, body = postForm(t, in.URL+"/oauth2/token", url.Values{"grant_type": {"client_credentials"}}, basic)
-	wantStatus(t, resp, body, http.StatusOK)
-	return decodeJSON[authTokens](t, body).AccessToken
+	return newTerminalToken(t, in, admin, tenant, "m-rl", false)
 }
 
 // TestRateLimitQuotaOverrides: per-tenant overrides of payments_per_second
