@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 
@@ -24,12 +25,8 @@ func cmdLedger(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() == 0 || fs.Arg(0) != "verify" {
-		fs.Usage()
-		if fs.NArg() == 0 {
-			return usageError{"ledger needs a subcommand: verify"}
-		}
-		return usageError{fmt.Sprintf("unknown ledger subcommand %q (want verify)", fs.Arg(0))}
+	if err := oneSubcommand(fs, "ledger", "verify"); err != nil {
+		return err
 	}
 	vf := newFlags("ledger verify", "ledger verify", "Checks the ledger's invariants; exits 1 and lists the violations when any fails.", stderr)
 	if err := parse(vf, fs.Args()[1:]); err != nil {
@@ -74,12 +71,8 @@ func cmdPayments(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() == 0 || fs.Arg(0) != "rekey" {
-		fs.Usage()
-		if fs.NArg() == 0 {
-			return usageError{"payments needs a subcommand: rekey"}
-		}
-		return usageError{fmt.Sprintf("unknown payments subcommand %q (want rekey)", fs.Arg(0))}
+	if err := oneSubcommand(fs, "payments", "rekey"); err != nil {
+		return err
 	}
 	rf := newFlags("payments rekey", "payments rekey [--batch N]",
 		"Re-seals every stored card number not sealed under the current card key, in short batches,\nand prints how many it re-sealed.", stderr)
@@ -125,4 +118,17 @@ type noTerminals struct{}
 
 func (noTerminals) TerminalProfile(context.Context, string) (payment.Terminal, error) {
 	return payment.Terminal{}, errors.New("this command takes no payments")
+}
+
+// oneSubcommand checks that fs's first argument is want, the only
+// subcommand of cmd, printing the usage when it is not.
+func oneSubcommand(fs *flag.FlagSet, cmd, want string) error {
+	if fs.NArg() > 0 && fs.Arg(0) == want {
+		return nil
+	}
+	fs.Usage()
+	if fs.NArg() == 0 {
+		return usageError{fmt.Sprintf("%s needs a subcommand: %s", cmd, want)}
+	}
+	return usageError{fmt.Sprintf("unknown %s subcommand %q (want %s)", cmd, fs.Arg(0), want)}
 }

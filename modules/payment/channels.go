@@ -103,21 +103,9 @@ func ParseChannelSpecs(specs []string) ([][2]string, error) {
 // NewChannels builds the channels from "name=base-url" specs, in priority
 // order; tmpl is the configuration each gets (Name and BaseURL are set).
 func NewChannels(specs []string, tmpl channel.Config) (*Channels, error) {
-	parsed, err := ParseChannelSpecs(specs)
-	if err != nil {
-		return nil, err
-	}
 	c := &Channels{byName: map[string]*namedChannel{}}
-	for _, p := range parsed {
-		cfg := tmpl
-		cfg.Name, cfg.BaseURL = p[0], p[1]
-		ch, err := channel.NewHTTP(cfg)
-		if err != nil {
-			return nil, err
-		}
-		nc := &namedChannel{name: p[0], ch: ch}
-		c.list = append(c.list, nc)
-		c.byName[p[0]] = nc
+	if err := c.add(specs, tmpl, false); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
@@ -127,6 +115,10 @@ func NewChannels(specs []string, tmpl channel.Config) (*Channels, error) {
 // payment never goes to any other channel, whatever its merchant's rules,
 // and no live payment goes to these.
 func (c *Channels) AddTest(specs []string, tmpl channel.Config) error {
+	return c.add(specs, tmpl, true)
+}
+
+func (c *Channels) add(specs []string, tmpl channel.Config, test bool) error {
 	parsed, err := ParseChannelSpecs(specs)
 	if err != nil {
 		return err
@@ -141,7 +133,7 @@ func (c *Channels) AddTest(specs []string, tmpl channel.Config) error {
 		if err != nil {
 			return err
 		}
-		nc := &namedChannel{name: p[0], ch: ch, test: true}
+		nc := &namedChannel{name: p[0], ch: ch, test: test}
 		c.list = append(c.list, nc)
 		c.byName[p[0]] = nc
 	}

@@ -93,21 +93,31 @@ func (s *Service) claimKey(ctx context.Context, tx pgx.Tx, tenant, key string, h
 	return nil, errs.E(errs.Conflict, "the Idempotency-Key is being reused; retry")
 }
 
-// storeResponse records the response of the payment's key (refundID ""),
-// or of the refund's, in tx.
-func storeResponse(ctx context.Context, tx pgx.Tx, tenant, paymentID, refundID string, status int, v any) (*Response, error) {
+// queueResponse adds to b the recording of the response of the payment's
+// key (refundID ""), or of the refund's.
+func queueResponse(b *pgx.Batch, tenant, paymentID, refundID string, status int, v any) (*Response, error) {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
 	}
 	if refundID == "" {
-		_, err = tx.Exec(ctx, `UPDATE idempotency_keys SET state = 'done', response_status = $3, response_body = $4
+		b.Queue(`UPDATE idempotency_keys SET state = 'done', response_status = $3, response_body = $4
 			WHERE tenant_id = $1 AND payment_id = $2 AND refund_id IS NULL`, tenant, paymentID, status, body)
 	} else {
-		_, err = tx.Exec(ctx, `UPDATE idempotency_keys SET state = 'done', response_status = $3, response_body = $4
+		b.Queue(`UPDATE idempotency_keys SET state = 'done', response_status = $3, response_body = $4
 			WHERE tenant_id = $1 AND refund_id = $2`, tenant, refundID, status, body)
 	}
-	return &Response{Status: status, Body: body}, err
+	return &Response{Status: status, Body: body}, nil
+}
+
+// storeResponse records the response of the payment's or refund's key in tx.
+func storeResponse(ctx context.Context, tx pgx.Tx, tenant, paymentID, refundID string, status int, v any) (*Response, error) {
+	b := &pgx.Batch{}
+	resp, err := queueResponse(b, tenant, paymentID, refundID, status, v)
+	if err != nil {
+		return nil, err
+	}
+	return resp, runBatch(ctx, tx, b)
 }
 
 // releaseKey forgets the key of a request that charged nothing.

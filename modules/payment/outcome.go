@@ -2,6 +2,7 @@ package payment
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 
 	"github.com/google/uuid"
@@ -97,12 +98,13 @@ func (s *Service) finish(ctx context.Context, known *Payment, out outcome) (*Res
 			queueEntry(b, tenant, "fee", id, "", pay.Currency, pay.Livemode, now,
 				posting{acc.payable, pay.Fee}, posting{acc.fees, -pay.Fee})
 		}
-		queueEvent(b, tenant, "payment."+out.status, "payment:"+id, pay.Livemode, pay)
-		if err := runBatch(ctx, tx, b); err != nil {
+		// The stored response and the event carry the same payment: one
+		// encoding, one round trip for the rest of the transaction.
+		if resp, err = queueResponse(b, tenant, id, "", responseStatus(pay), pay); err != nil {
 			return err
 		}
-		resp, err = storeResponse(ctx, tx, tenant, id, "", responseStatus(pay), pay)
-		return err
+		queueEvent(b, tenant, "payment."+out.status, "payment:"+id, pay.Livemode, json.RawMessage(resp.Body))
+		return runBatch(ctx, tx, b)
 	})
 	if err != nil {
 		return nil, err

@@ -144,12 +144,16 @@ func scanPayment(r pgx.Row) (*Payment, error) {
 	return &p, nil
 }
 
-func collectPayment(r pgx.CollectableRow) (Payment, error) {
-	p, err := scanPayment(r)
-	if err != nil {
-		return Payment{}, err
+// rowTo makes a scan function of single rows into a pgx.RowToFunc.
+func rowTo[T any](scan func(pgx.Row) (*T, error)) pgx.RowToFunc[T] {
+	return func(r pgx.CollectableRow) (T, error) {
+		v, err := scan(r)
+		if err != nil {
+			var zero T
+			return zero, err
+		}
+		return *v, nil
 	}
-	return *p, nil
 }
 
 // validate checks what can be checked without the merchant. It never puts

@@ -39,7 +39,7 @@ func (s *Service) Get(ctx context.Context, id string) (*Payment, error) {
 			return err
 		}
 		rows, _ = tx.Query(ctx, `SELECT `+refundCols+` FROM refunds WHERE payment_id = $1 ORDER BY id`, id)
-		p.Refunds, err = pgx.CollectRows(rows, collectRefund)
+		p.Refunds, err = pgx.CollectRows(rows, rowTo(scanRefund))
 		return err
 	})
 	if postgres.IsNoRows(err) {
@@ -182,7 +182,7 @@ func (s *Service) List(ctx context.Context, f Filter) (*Page, error) {
 	args = append(args, f.Limit+1)
 	q := `SELECT ` + paymentCols + ` FROM payments WHERE ` + strings.Join(where, " AND ") +
 		` ORDER BY id DESC LIMIT $` + strconv.Itoa(len(args))
-	ps, err := postgres.Collect(ctx, s.tx, "payment.list", collectPayment, q, args...)
+	ps, err := postgres.Collect(ctx, s.tx, "payment.list", rowTo(scanPayment), q, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -52,7 +52,7 @@ func (s *Service) Recover(ctx context.Context) (RecoveryReport, error) {
 		at time.Time
 		id string
 	}{}); page < 10; page++ {
-		batch, err := postgres.Collect(ctx, s.tx, "payment.recovery_scan", collectPayment, `SELECT `+paymentCols+` FROM payments
+		batch, err := postgres.Collect(ctx, s.tx, "payment.recovery_scan", rowTo(scanPayment), `SELECT `+paymentCols+` FROM payments
 			WHERE status IN ('processing', 'in_doubt') AND (status = 'in_doubt' OR updated_at < $1) AND channel = ANY($2)
 			AND (updated_at, id) > ($3, $4::uuid) ORDER BY updated_at, id LIMIT 200`, cutoff, names, after.at, orNil(after.id))
 		if err != nil {
@@ -104,7 +104,7 @@ func (s *Service) Recover(ctx context.Context) (RecoveryReport, error) {
 	err := s.tx.Do(ctx, "refund.recovery_scan", func(tx pgx.Tx) error {
 		rows, _ := tx.Query(ctx, `SELECT `+refundCols+` FROM refunds WHERE status IN ('processing', 'in_doubt')
 			AND (status = 'in_doubt' OR updated_at < $1) AND channel = ANY($2) ORDER BY updated_at, id LIMIT 2000`, cutoff, names)
-		xs, err := pgx.CollectRows(rows, collectRefund)
+		xs, err := pgx.CollectRows(rows, rowTo(scanRefund))
 		for i := range xs {
 			refs = append(refs, &xs[i])
 		}

@@ -51,14 +51,6 @@ func scanRefund(r pgx.Row) (*Refund, error) {
 	return &x, err
 }
 
-func collectRefund(r pgx.CollectableRow) (Refund, error) {
-	x, err := scanRefund(r)
-	if err != nil {
-		return Refund{}, err
-	}
-	return *x, nil
-}
-
 // CreateRefund refunds part or all of a payment (kind "refund"), or voids
 // it (kind "void": the whole amount and the fee, the same UTC day, before
 // any refund, as before settlement). Concurrent refunds never together
@@ -238,12 +230,11 @@ func (s *Service) finishRefund(ctx context.Context, ref *Refund, out outcome) (*
 		case StatusFailed:
 			b.Queue(`UPDATE payments SET refund_reserved = refund_reserved - $2, updated_at = $3 WHERE id = $1`, r.PaymentID, r.Amount, now)
 		}
-		queueEvent(b, r.TenantID, "refund."+out.status, "refund:"+r.ID, r.Livemode, r)
-		if err := runBatch(ctx, tx, b); err != nil {
+		if resp, err = queueResponse(b, r.TenantID, r.PaymentID, r.ID, refundStatus(r), r); err != nil {
 			return err
 		}
-		resp, err = storeResponse(ctx, tx, r.TenantID, r.PaymentID, r.ID, refundStatus(r), r)
-		return err
+		queueEvent(b, r.TenantID, "refund."+out.status, "refund:"+r.ID, r.Livemode, json.RawMessage(resp.Body))
+		return runBatch(ctx, tx, b)
 	})
 	return resp, err
 }
