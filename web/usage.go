@@ -271,10 +271,7 @@ var currencyDigits = map[string]int{
 
 // money prints an amount in minor units of currency, such as "12.50 EUR".
 func money(minor int64, currency string) string {
-	digits, ok := currencyDigits[currency]
-	if !ok {
-		digits = 2
-	}
+	digits := currencyExponent(currency)
 	if digits == 0 {
 		return count(minor) + " " + currency
 	}
