@@ -29,7 +29,7 @@ type Need struct {
 	GPUs int `json:"gpus"`
 	// MemoryMB is the GPU memory the replica needs on each of its GPUs;
 	// shared replicas are accounted by it.
-	MemoryMB int64 `json:"memory_mb"`
+	MemoryMB int64   `json:"memory_mb"`
 	Sharing  Sharing `json:"sharing"`
 	// MIGProfile is the MIG profile of a MIG replica, e.g. "1g.5gb".
 	MIGProfile string `json:"mig_profile,omitempty"`
