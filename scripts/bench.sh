@@ -89,6 +89,47 @@ awk '
   }
 ' "$OUT/go.txt"
 
+# GPU placement figures from the lines above (modules/gpu/placement_bench_test.go):
+# a batch of 10 000 mixed replicas onto 1 000 simulated GPUs (125 nodes of
+# 8 A100-40GB) per policy, placed one by one in arrival order (Place) and as
+# a batch (PlaceAll, which tries several orders), NewPlacer included; then
+# PlaceAll's quality on 200 small random instances as the mean of placed /
+# the most that can be placed (exhaustive search), against Place in arrival
+# order on the same instances, and the mean share of GPUs left stranded.
+echo
+echo "== GPU placement (modules/gpu benchmarks above) =="
+awk '
+  /^BenchmarkPlacement/ {
+    name = $1; sub(/-[0-9]+$/, "", name); sub(/^BenchmarkPlacement/, "", name)
+    for (i = 3; i <= NF; i++) {
+      if ($i == "ns/op") ns[name] = $(i-1)
+      if ($i == "placements/s") rate[name] = $(i-1)
+      if ($i == "placed/op") placed[name] = $(i-1)
+      if ($i == "placeall/optimum") qall[name] = $(i-1)
+      if ($i == "arrival/optimum") qseq[name] = $(i-1)
+      if ($i == "fragmentation") frag[name] = $(i-1)
+    }
+  }
+  END {
+    split("binpack spread least_loaded", pols, " ")
+    printf "%-38s %12s %14s %10s %12s\n", "batch of 10 000 replicas", "ms/batch", "placements/s", "placed", "x Place"
+    for (k = 1; k <= 3; k++) {
+      pol = pols[k]; seq = "Throughput/" pol "/place"; all = "Throughput/" pol "/placeall"
+      if (!(seq in ns)) { printf "%-38s %12s\n", pol, "n/a"; continue }
+      printf "%-38s %12.1f %14.0f %10d %12s\n", pol ", Place in arrival order", ns[seq] / 1e6, rate[seq], placed[seq], "1.00"
+      printf "%-38s %12.1f %14.0f %10d %12.2f\n", pol ", PlaceAll", ns[all] / 1e6, rate[all], placed[all], ns[all] / ns[seq]
+    }
+    print "target: a whole batch well under 1000 ms on a 2-core machine"
+    printf "\n%-38s %18s %18s %14s\n", "200 small instances", "PlaceAll/optimum", "arrival/optimum", "fragmentation"
+    for (k = 1; k <= 3; k++) {
+      q = "Quality/" pols[k]
+      if (!(q in qall)) { printf "%-38s %18s\n", pols[k], "n/a"; continue }
+      printf "%-38s %18.4f %18.4f %14.4f\n", pols[k], qall[q], qseq[q], frag[q]
+    }
+    print "target: PlaceAll/optimum >= 0.98 with binpack"
+  }
+' "$OUT/go.txt"
+
 echo
 echo "== HTTP load: GET /healthz, wrk -t1 -c$CONNS -d$DURATION, $ROUNDS alternating rounds =="
 go build -o "$OUT/bare" ./scripts/bareserver
