@@ -48,6 +48,7 @@ run: build ## run Atrium at http://127.0.0.1:8080 in development mode
 	 ATRIUM_HTTP_ADDR=$${ATRIUM_HTTP_ADDR:-127.0.0.1:8080} \
 	 ATRIUM_PAYMENTS_CHANNELS=$${ATRIUM_PAYMENTS_CHANNELS:-simbank=http://127.0.0.1:8090} \
 	 ATRIUM_PAYMENTS_TEST_CHANNELS=$${ATRIUM_PAYMENTS_TEST_CHANNELS:-simbank-test=http://127.0.0.1:8090} \
+	 ATRIUM_GPU_BACKEND=$${ATRIUM_GPU_BACKEND:-$$(ldconfig -p 2>/dev/null | grep -q libnvidia-ml.so.1 && echo nvml || echo mock)} \
 	 ATRIUM_DATABASE_URL=$${ATRIUM_DATABASE_URL:-$(PG_URL)/atrium?sslmode=disable} \
 	 ATRIUM_REDIS_URL=$${ATRIUM_REDIS_URL:-$(REDIS_URL)}; \
 	./bin/atrium admin create-user --email admin@atrium.local --name "Platform admin" --role platform_admin \

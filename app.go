@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/atriumhq/atrium/modules/auth"
+	"github.com/atriumhq/atrium/modules/gpu"
 	"github.com/atriumhq/atrium/modules/payment"
 	"github.com/atriumhq/atrium/modules/payment/channel"
 	"github.com/atriumhq/atrium/modules/quota"
@@ -73,6 +74,8 @@ type app struct {
 	quotas    *quota.Service
 	meter     *quota.Meter
 	payments  *payment.Service
+	gpus      *gpu.Service
+	gpuDevs   gpu.Backend
 	// rateLimits checks every API request against the rate-limit rules.
 	rateLimits *quota.RateLimits
 	listener   net.Listener
@@ -175,6 +178,22 @@ func openApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *app
 		return nil, err
 	}
 
+	node := cfg.GPU.Node
+	if node == "" {
+		if node, err = os.Hostname(); err != nil {
+			return nil, &config.Error{Var: "ATRIUM_GPU_NODE", Problem: "unset, and the host name is unknown: " + err.Error()}
+		}
+	}
+	if a.gpuDevs, err = gpu.OpenBackend(cfg.GPU.Backend, node, logging.Module(log, "gpu")); err != nil {
+		return nil, &config.Error{Var: "ATRIUM_GPU_BACKEND", Problem: err.Error()}
+	}
+	a.gpus, err = gpu.New(gpu.Config{Node: node, Backend: a.gpuDevs, Policy: gpu.Policy(cfg.GPU.Policy),
+		RefreshInterval: cfg.GPU.RefreshInterval, NodeTTL: cfg.GPU.NodeTTL, ScheduleInterval: cfg.GPU.ScheduleInterval,
+		LeaseTTL: cfg.GPU.LeaseTTL, MeterInterval: cfg.GPU.MeterInterval},
+		gpu.Deps{Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "gpu"), Quotas: a.quotas, Meter: a.meter, Instance: cfg.InstanceID})
+	if err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -330,6 +349,7 @@ func (a *app) buildRouter(opts ...appOption) error {
 			a.meter.Register(r)
 			a.rateLimits.Register(r)
 			a.payments.Register(r)
+			a.gpus.Register(r)
 			r.Mount("/", a.auth.Routes())
 		})
 		r.Mount("/", ui.Routes())
@@ -405,6 +425,7 @@ func (a *app) serve(ctx context.Context) error {
 	workers.Go(func() { _ = a.meter.Run(workCtx) })
 	workers.Go(func() { _ = a.rateLimits.Run(workCtx) })
 	workers.Go(func() { _ = a.payments.Run(workCtx) })
+	workers.Go(func() { _ = a.gpus.Run(workCtx) })
 
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(a.listener) }()
@@ -439,6 +460,9 @@ func (a *app) close() {
 	}
 	if a.rateLimits != nil {
 		_ = a.rateLimits.Close()
+	}
+	if a.gpuDevs != nil {
+		_ = a.gpuDevs.Close()
 	}
 	if a.redis != nil {
 		_ = a.redis.Close()

@@ -48,6 +48,7 @@ func testConfig(dbURL, redisPrefix, id string) config.Config {
 		Redis:     config.Redis{URL: testenv.RedisURL(), Prefix: redisPrefix, Timeout: 500 * time.Millisecond},
 		Log:       config.Log{Level: "debug", Format: "json"},
 		MasterKey: testMasterKey,
+		GPU:       config.GPU{Backend: "none", Policy: "least_loaded"},
 		Auth: config.Auth{Issuer: "http://atrium.test", Audience: "atrium-api", AccessTTL: 10 * time.Minute,
 			SessionIdle: 30 * time.Minute, SessionMax: 12 * time.Hour, KeyRotation: 720 * time.Hour},
 	}

@@ -234,14 +234,14 @@ func TestQuotaConcurrentReservations(t *testing.T) {
 	tn := uuid.NewString()
 	ensureTenant(t, cl[0], tn)
 	const limit, attempts = 37, 100
-	resp, body := call(t, http.MethodPut, cl[0].URL+"/api/v1/tenants/"+tn+"/quotas/max_gpus", jsonBody(map[string]int{"value": limit}),
+	resp, body := call(t, http.MethodPut, cl[0].URL+"/api/v1/tenants/"+tn+"/quotas/max_storage_gb", jsonBody(map[string]int{"value": limit}),
 		withJSON(bearer(admin)))
 	wantStatus(t, resp, body, http.StatusOK)
 	report := func() quota.Status {
 		t.Helper()
 		resp, body := call(t, http.MethodGet, cl[1].URL+"/api/v1/tenants/"+tn+"/quotas", nil, bearer(admin))
 		wantStatus(t, resp, body, http.StatusOK)
-		return decodeJSON[quotaReport](t, body).get(t, "max_gpus")
+		return decodeJSON[quotaReport](t, body).get(t, "max_storage_gb")
 	}
 	ctx := context.Background()
 
@@ -256,7 +256,7 @@ func TestQuotaConcurrentReservations(t *testing.T) {
 		svc := cl[i%2].app.quotas
 		wg.Go(func() {
 			<-start
-			r, err := svc.Reserve(ctx, tn, "max_gpus", 1, time.Minute)
+			r, err := svc.Reserve(ctx, tn, "max_storage_gb", 1, time.Minute)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -279,7 +279,7 @@ func TestQuotaConcurrentReservations(t *testing.T) {
 	}
 	ids := map[string]bool{}
 	for _, r := range admitted {
-		if r.TenantID != tn || r.Quota != "max_gpus" || r.Amount != 1 || r.State != "reserved" || ids[r.ID] {
+		if r.TenantID != tn || r.Quota != "max_storage_gb" || r.Amount != 1 || r.State != "reserved" || ids[r.ID] {
 			t.Errorf("reservation %+v", r)
 		}
 		ids[r.ID] = true
@@ -331,24 +331,24 @@ func TestQuotaConcurrentReservations(t *testing.T) {
 	// What was given back can be taken again, and no more.
 	free := limit - 10 - (limit - 18)
 	for i := range free + 1 {
-		_, err := cl[i%2].app.quotas.Reserve(ctx, tn, "max_gpus", 1, time.Minute)
+		_, err := cl[i%2].app.quotas.Reserve(ctx, tn, "max_storage_gb", 1, time.Minute)
 		if i < free && err != nil {
 			t.Fatalf("reservation %d of %d free: %v", i+1, free, err)
 		}
 		if i == free {
 			e := errs.As(err)
-			if e.Code != errs.QuotaExceeded || e.Extra["quota"] != "max_gpus" || e.Extra["limit"] != int64(limit) || e.Extra["used"] != float64(limit) {
-				t.Errorf("reservation past the limit: %v %v, want quota_exceeded for max_gpus at %d with %d in use", err, e.Extra, limit, limit)
+			if e.Code != errs.QuotaExceeded || e.Extra["quota"] != "max_storage_gb" || e.Extra["limit"] != int64(limit) || e.Extra["used"] != float64(limit) {
+				t.Errorf("reservation past the limit: %v %v, want quota_exceeded for max_storage_gb at %d with %d in use", err, e.Extra, limit, limit)
 			}
 		}
 	}
 
 	// A reservation past its expiry cannot be committed; released, it
 	// gives its units back.
-	resp, body = call(t, http.MethodPut, cl[0].URL+"/api/v1/tenants/"+tn+"/quotas/max_gpus", jsonBody(map[string]int{"value": limit + 1}),
+	resp, body = call(t, http.MethodPut, cl[0].URL+"/api/v1/tenants/"+tn+"/quotas/max_storage_gb", jsonBody(map[string]int{"value": limit + 1}),
 		withJSON(bearer(admin)))
 	wantStatus(t, resp, body, http.StatusOK)
-	r, err := cl[0].app.quotas.Reserve(ctx, tn, "max_gpus", 1, 50*time.Millisecond)
+	r, err := cl[0].app.quotas.Reserve(ctx, tn, "max_storage_gb", 1, 50*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -370,9 +370,9 @@ func TestQuotaConcurrentReservations(t *testing.T) {
 		ttl   time.Duration
 		field string
 	}{
-		{"max_gpus", 0, time.Minute, "amount"},
-		{"max_gpus", 1, 0, "ttl"},
-		{"max_gpus", 1, 25 * time.Hour, "ttl"},
+		{"max_storage_gb", 0, time.Minute, "amount"},
+		{"max_storage_gb", 1, 0, "ttl"},
+		{"max_storage_gb", 1, 25 * time.Hour, "ttl"},
 		{"max_unicorns", 1, time.Minute, "quota"},
 		{"payments_per_second", 1, time.Minute, "quota"},
 	} {

@@ -52,7 +52,7 @@ var Defs = []Def{
 	{"max_terminals", Allocation, "terminals", 1, "POS terminals registered."},
 	{"max_models", Allocation, "models", 1, "Models registered."},
 	{"max_deployments", Allocation, "deployments", 1, "Model deployments."},
-	{"max_gpus", Allocation, "GPUs", 1, "GPUs allocated to the tenant's replicas at once."},
+	{"max_gpus", Allocation, "GPUs", 1000, "GPUs allocated to the tenant's replicas at once, counted in thousandths: a shared replica holds its share of a GPU's memory, a MIG replica its share of the compute slices."},
 	{"max_storage_gb", Allocation, "GB", 1, "Model artifact storage."},
 	{"max_api_calls_per_day", Rate, "calls per day", 1, "API calls per day (rule tenant-daily)."},
 	{"payments_per_second", Rate, "payments per second", 1, "Payment requests per second (rule tenant-payments)."},
@@ -380,6 +380,45 @@ func (s *Service) Use(ctx context.Context, tx pgx.Tx, tenant, quota string, n in
 	}
 	_, err = s.take(ctx, tx, tenant, d, n, false, true, s.now())
 	return err
+}
+
+// Return gives n units of an allocation quota back inside the caller's
+// transaction (what Use counted was removed), never below zero.
+func (s *Service) Return(ctx context.Context, tx pgx.Tx, tenant, quota string, n int64) error {
+	d, err := s.def(quota, Allocation)
+	if err != nil {
+		return err
+	}
+	if n <= 0 {
+		return errs.Field("amount", "must be positive")
+	}
+	_, err = tx.Exec(ctx, `UPDATE quota_usage SET used = greatest(used - $4, 0), updated_at = now()
+		WHERE tenant_id = $1 AND quota = $2 AND period = $3`, tenant, d.Name, period(d, s.now()), n)
+	return err
+}
+
+// Check refuses with quota_exceeded, inside the caller's transaction, when
+// tenant's use of a budget or allocation quota has reached its limit (GPU
+// time over budget: no new replicas). It counts nothing.
+func (s *Service) Check(ctx context.Context, tx pgx.Tx, tenant, quota string) error {
+	d, err := s.def(quota, Allocation, Budget)
+	if err != nil {
+		return err
+	}
+	var limit *int64
+	var used, reserved int64
+	if err := tx.QueryRow(ctx, `SELECT coalesce(
+			(SELECT value FROM quota_overrides WHERE tenant_id = $1 AND quota = $2),
+			(SELECT (p.quotas ->> $2)::bigint FROM tenants t JOIN plans p ON p.id = t.plan WHERE t.id = $1)),
+			coalesce((SELECT used FROM quota_usage WHERE tenant_id = $1 AND quota = $2 AND period = $3), 0),
+			coalesce((SELECT reserved FROM quota_usage WHERE tenant_id = $1 AND quota = $2 AND period = $3), 0)`,
+		tenant, d.Name, period(d, s.now())).Scan(&limit, &used, &reserved); err != nil {
+		return err
+	}
+	if limit != nil && used+reserved >= *limit*d.Scale {
+		return exceeded(d, *limit, used, reserved)
+	}
+	return nil
 }
 
 // Consume counts n units of a budget quota that were already consumed

@@ -20,7 +20,7 @@ func TestReservationExpiry(t *testing.T) {
 	tenantA, tenantB := env.tenant(t), env.tenant(t)
 	usage := func(tenant string) (used, reserved int64) {
 		t.Helper()
-		if err := owner.QueryRow(ctx, `SELECT used, reserved FROM quota_usage WHERE tenant_id = $1 AND quota = 'max_gpus'`, tenant).
+		if err := owner.QueryRow(ctx, `SELECT used, reserved FROM quota_usage WHERE tenant_id = $1 AND quota = 'max_storage_gb'`, tenant).
 			Scan(&used, &reserved); err != nil {
 			t.Fatal(err)
 		}
@@ -28,7 +28,7 @@ func TestReservationExpiry(t *testing.T) {
 	}
 	reserve := func(tenant string, n int64, ttl time.Duration) *Reservation {
 		t.Helper()
-		r, err := s.Reserve(ctx, tenant, "max_gpus", n, ttl)
+		r, err := s.Reserve(ctx, tenant, "max_storage_gb", n, ttl)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -117,23 +117,23 @@ func TestExpiredReservationsDoNotRefuse(t *testing.T) {
 	env := newQuotaEnv(t)
 	s, owner, offset := env.s, env.owner, env.offset
 	tenant := env.tenant(t)
-	if _, err := owner.Exec(ctx, `INSERT INTO quota_overrides (tenant_id, quota, value) VALUES ($1, 'max_gpus', 4)`, tenant); err != nil {
+	if _, err := owner.Exec(ctx, `INSERT INTO quota_overrides (tenant_id, quota, value) VALUES ($1, 'max_storage_gb', 4)`, tenant); err != nil {
 		t.Fatal(err)
 	}
 	offset.Store(int64(-2 * time.Hour)) // reserved two hours ago, for one hour
-	stale, err := s.Reserve(ctx, tenant, "max_gpus", 3, time.Hour)
+	stale, err := s.Reserve(ctx, tenant, "max_storage_gb", 3, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	offset.Store(0)
-	if _, err := s.Reserve(ctx, tenant, "max_gpus", 4, time.Minute); err != nil {
+	if _, err := s.Reserve(ctx, tenant, "max_storage_gb", 4, time.Minute); err != nil {
 		t.Fatalf("a reservation refused for units an expired one held: %v", err)
 	}
 	var state string
 	if err := owner.QueryRow(ctx, `SELECT state FROM quota_reservations WHERE id = $1`, stale.ID).Scan(&state); err != nil || state != "released" {
 		t.Fatalf("the expired reservation is %q (%v), want released", state, err)
 	}
-	if _, err := s.Reserve(ctx, tenant, "max_gpus", 1, time.Minute); errs.CodeOf(err) != errs.QuotaExceeded {
+	if _, err := s.Reserve(ctx, tenant, "max_storage_gb", 1, time.Minute); errs.CodeOf(err) != errs.QuotaExceeded {
 		t.Fatalf("past the limit: %v, want quota_exceeded", err)
 	}
 }

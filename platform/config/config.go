@@ -40,6 +40,19 @@ type Config struct {
 	Auth     Auth
 	Usage    Usage
 	Payments Payments
+	GPU      GPU
+}
+
+// GPU configures the GPU scheduler (modules/gpu).
+type GPU struct {
+	Backend          string        `envconfig:"BACKEND" default:"auto" desc:"how this instance reads its GPUs: nvml (the driver; fails if it does not load), mock (NVIDIA's simulated DGX A100, 8 GPUs), none (an API-only instance), auto (nvml when the driver loads, else none)"`
+	Node             string        `envconfig:"NODE" desc:"this GPU node's stable name in the cluster (default: the host name); keep it across restarts so the node keeps its GPUs' allocations"`
+	Policy           string        `envconfig:"POLICY" default:"least_loaded" desc:"placement policy of the scheduler: least_loaded (the least-loaded node first), binpack (fill used GPUs first) or spread (emptiest node first)"`
+	RefreshInterval  time.Duration `envconfig:"REFRESH_INTERVAL" default:"2s" desc:"how often a GPU node reads its GPUs through NVML and publishes them in Redis"`
+	NodeTTL          time.Duration `envconfig:"NODE_TTL" default:"10s" desc:"a node whose published inventory is this old is lost: its replicas are rescheduled (at least 3 x ATRIUM_GPU_REFRESH_INTERVAL)"`
+	ScheduleInterval time.Duration `envconfig:"SCHEDULE_INTERVAL" default:"1s" desc:"how often the scheduler leader reconciles deployments and places pending replicas"`
+	LeaseTTL         time.Duration `envconfig:"LEASE_TTL" default:"6s" desc:"the scheduler leader's lease: a leader that dies is replaced within this time"`
+	MeterInterval    time.Duration `envconfig:"METER_INTERVAL" default:"15s" desc:"how often the leader meters the GPU time of allocated replicas into usage and the max_gpu_hours budget"`
 }
 
 // Payments configures the payment module (modules/payment).
@@ -280,6 +293,29 @@ func (c Config) Validate() error {
 		if _, err := keyring.Parse(c.Payments.CardKeys); err != nil {
 			return &Error{Var: "ATRIUM_PAYMENTS_CARD_KEYS", Problem: err.Error()}
 		}
+	}
+	switch c.GPU.Backend {
+	case "auto", "nvml", "mock", "none":
+	default:
+		return &Error{Var: "ATRIUM_GPU_BACKEND", Problem: "must be auto, nvml, mock or none"}
+	}
+	switch c.GPU.Policy {
+	case "least_loaded", "binpack", "spread":
+	default:
+		return &Error{Var: "ATRIUM_GPU_POLICY", Problem: "must be least_loaded, binpack or spread"}
+	}
+	for _, d := range []struct {
+		v  string
+		d  time.Duration
+		lo time.Duration
+	}{{"ATRIUM_GPU_REFRESH_INTERVAL", c.GPU.RefreshInterval, 100 * time.Millisecond}, {"ATRIUM_GPU_SCHEDULE_INTERVAL", c.GPU.ScheduleInterval, 50 * time.Millisecond},
+		{"ATRIUM_GPU_LEASE_TTL", c.GPU.LeaseTTL, time.Second}, {"ATRIUM_GPU_METER_INTERVAL", c.GPU.MeterInterval, time.Second}} {
+		if d.d < d.lo || d.d > time.Hour {
+			return &Error{Var: d.v, Problem: fmt.Sprintf("must be between %s and 1h", d.lo)}
+		}
+	}
+	if c.GPU.NodeTTL < 3*c.GPU.RefreshInterval {
+		return &Error{Var: "ATRIUM_GPU_NODE_TTL", Problem: "must be at least 3 x ATRIUM_GPU_REFRESH_INTERVAL"}
 	}
 	if c.Payments.IdempotencyTTL < 24*time.Hour {
 		return &Error{Var: "ATRIUM_PAYMENTS_IDEMPOTENCY_TTL", Problem: "must be at least 24h"}

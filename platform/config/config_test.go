@@ -124,6 +124,8 @@ func TestLoadDefaults(t *testing.T) {
 			RecoverAfter:     time.Minute,
 			RecoveryInterval: 5 * time.Second,
 		},
+		GPU: config.GPU{Backend: "auto", Policy: "least_loaded", RefreshInterval: 2 * time.Second, NodeTTL: 10 * time.Second,
+			ScheduleInterval: time.Second, LeaseTTL: 6 * time.Second, MeterInterval: 15 * time.Second},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Load() =\n%+v\nwant\n%+v", c, want)
@@ -656,6 +658,15 @@ func TestVarsKeysAreRead(t *testing.T) {
 		"ATRIUM_PAYMENTS_CALL_TIMEOUT":      "30s",
 		"ATRIUM_PAYMENTS_RECOVER_AFTER":     "2m0s",
 		"ATRIUM_PAYMENTS_RECOVERY_INTERVAL": "1s",
+
+		"ATRIUM_GPU_BACKEND":           "mock",
+		"ATRIUM_GPU_NODE":              "gpu-host-1",
+		"ATRIUM_GPU_POLICY":            "binpack",
+		"ATRIUM_GPU_REFRESH_INTERVAL":  "1s",
+		"ATRIUM_GPU_NODE_TTL":          "30s",
+		"ATRIUM_GPU_SCHEDULE_INTERVAL": "2s",
+		"ATRIUM_GPU_LEASE_TTL":         "10s",
+		"ATRIUM_GPU_METER_INTERVAL":    "1m0s",
 	}
 	base, err := load(t, nil)
 	if err != nil {

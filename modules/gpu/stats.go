@@ -1,0 +1,110 @@
+package gpu
+
+import (
+	"context"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/atriumhq/atrium/platform/redisx"
+)
+
+// Stats keeps per-version request figures in Redis, in 5-second buckets
+// that every instance adds to, so a canary's verdict counts the requests
+// of the whole cluster. Latencies go into a histogram whose buckets grow
+// by 25 % from 1 ms (p99 is reported as its bucket's upper bound, within
+// 25 % of the truth).
+type Stats struct {
+	redis *redisx.Client
+}
+
+const (
+	statsBucket = 5 * time.Second
+	statsTTL    = 2 * time.Hour
+	histBuckets = 64
+)
+
+// NewStats returns the statistics store.
+func NewStats(c *redisx.Client) *Stats { return &Stats{redis: c} }
+
+func (st *Stats) key(deployment, version string, bucket int64) string {
+	return st.redis.Key("gpu", "stats", deployment, version, strconv.FormatInt(bucket, 10))
+}
+
+// histIndex is the histogram bucket of a latency.
+func histIndex(d time.Duration) int {
+	ms := float64(d) / float64(time.Millisecond)
+	if ms <= 1 {
+		return 0
+	}
+	return min(histBuckets-1, int(math.Ceil(math.Log(ms)/math.Log(1.25))))
+}
+
+// histUpper is the upper bound of histogram bucket i.
+func histUpper(i int) time.Duration {
+	return time.Duration(math.Pow(1.25, float64(i)) * float64(time.Millisecond))
+}
+
+// Record adds one request of a deployment's version, at t.
+func (st *Stats) Record(ctx context.Context, deployment, version string, t time.Time, latency time.Duration, failed bool) error {
+	k := st.key(deployment, version, t.UnixNano()/int64(statsBucket))
+	pipe := st.redis.Pipeline()
+	pipe.HIncrBy(ctx, k, "n", 1)
+	if failed {
+		pipe.HIncrBy(ctx, k, "e", 1)
+	}
+	pipe.HIncrBy(ctx, k, "h"+strconv.Itoa(histIndex(latency)), 1)
+	pipe.Expire(ctx, k, statsTTL)
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// Window adds up a version's figures from since to now (at most the last
+// hour).
+func (st *Stats) Window(ctx context.Context, deployment, version string, since, now time.Time) (VersionStats, error) {
+	var out VersionStats
+	if since.Before(now.Add(-time.Hour)) {
+		since = now.Add(-time.Hour)
+	}
+	from, to := since.UnixNano()/int64(statsBucket), now.UnixNano()/int64(statsBucket)
+	if to < from {
+		return out, nil
+	}
+	pipe := st.redis.Pipeline()
+	for b := from; b <= to; b++ {
+		pipe.HGetAll(ctx, st.key(deployment, version, b))
+	}
+	cmds, err := pipe.Exec(ctx)
+	if err != nil {
+		return out, err
+	}
+	var hist [histBuckets]int64
+	for _, c := range cmds {
+		for f, v := range c.(*redis.MapStringStringCmd).Val() {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			switch {
+			case f == "n":
+				out.Requests += n
+			case f == "e":
+				out.Errors += n
+			case len(f) > 1 && f[0] == 'h':
+				if i, err := strconv.Atoi(f[1:]); err == nil && i >= 0 && i < histBuckets {
+					hist[i] += n
+				}
+			}
+		}
+	}
+	if out.Requests > 0 {
+		need := int64(math.Ceil(0.99 * float64(out.Requests)))
+		var seen int64
+		for i, n := range hist {
+			if seen += n; seen >= need {
+				out.P99 = histUpper(i)
+				break
+			}
+		}
+	}
+	return out, nil
+}
