@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/atriumhq/atrium/modules/auth"
+	"github.com/atriumhq/atrium/modules/gpu"
 	"github.com/atriumhq/atrium/modules/payment"
 	"github.com/atriumhq/atrium/modules/quota"
 	"github.com/atriumhq/atrium/modules/tenant"
@@ -47,6 +48,8 @@ var probeBodies = map[string]any{
 	"PATCH /api/v1/tenants/{id}":              map[string]string{"name": "Taken over by B"},
 	"POST /api/v1/tenants/{id}/suspend":       map[string]string{"reason": "B says so"},
 	"PUT /api/v1/tenants/{id}/quotas/{quota}": map[string]int{"value": 0},
+	"POST /api/v1/models/{id}/versions": map[string]any{"version": "b", "artifact_uri": "s3://b", "command": "serve", "port": 8000,
+		"sharing": "exclusive"},
 }
 
 // tenantA is what tenant A owns, created through the API.
@@ -55,6 +58,7 @@ type tenantA struct {
 	user, userEmail, userToken, session string
 	terminal, role, roleName            string
 	merchant, payment                   string
+	model, deployment                   string
 	// ids and emails are every id and email above, for list checks.
 	ids, emails []string
 	// params maps each path parameter to the object of A's it names.
@@ -100,19 +104,29 @@ func setUpTenantA(t *testing.T, in *instance) *tenantA {
 	a.role = decodeJSON[auth.Role](t, asA(http.MethodPost, "/api/v1/roles",
 		map[string]any{"name": a.roleName, "permissions": []string{"audit:read"}})).ID
 
-	a.ids = []string{a.tenant, a.adminID, a.user, a.session, a.terminal, a.role, a.merchant, a.payment}
+	model := decodeJSON[gpu.Model](t, asA(http.MethodPost, "/api/v1/models", map[string]any{"name": "model-a",
+		"version": map[string]any{"version": "1", "artifact_uri": "s3://a/1", "command": "serve", "port": 8000, "sharing": "exclusive"}}))
+	a.model = model.ID
+	a.deployment = decodeJSON[gpu.Deployment](t, asA(http.MethodPost, "/api/v1/deployments", map[string]any{
+		"name": "dep-a", "model_id": model.ID, "replicas": 0, "min_replicas": 0})).ID
+
+	a.ids = []string{a.tenant, a.adminID, a.user, a.session, a.terminal, a.role, a.merchant, a.payment, a.model, a.deployment}
 	a.emails = []string{"admin@a.iso.test", a.userEmail}
 	// The object of A's that each path parameter names. A route with a
 	// parameter missing here fails the probe: add the id of an object of
 	// tenant A's of that kind (created above) when you add the route.
 	a.params = map[string]string{
-		"tenants/{id}":   a.tenant,
-		"users/{id}":     a.user,
-		"sessions/{id}":  a.session,
-		"terminals/{id}": a.terminal,
-		"roles/{id}":     a.role,
-		"merchants/{id}": a.merchant,
-		"payments/{id}":  a.payment,
+		"tenants/{id}":     a.tenant,
+		"users/{id}":       a.user,
+		"sessions/{id}":    a.session,
+		"terminals/{id}":   a.terminal,
+		"roles/{id}":       a.role,
+		"merchants/{id}":   a.merchant,
+		"payments/{id}":    a.payment,
+		"models/{id}":      a.model,
+		"deployments/{id}": a.deployment,
+		// GPUs are the platform's: re-probing is for platform administrators.
+		"devices/{uuid}": "GPU-00000000-0000-0000-0000-000000000000",
 		"quotas/{quota}": "max_users",
 		// Rate-limit rules are platform settings, no tenant's: a tenant's
 		// administrator must be refused them like any id.

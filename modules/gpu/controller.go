@@ -1,6 +1,7 @@
 package gpu
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -23,9 +24,19 @@ type repView struct {
 // VersionStats are a version's request figures over a window (the
 // inference router records them).
 type VersionStats struct {
-	Requests int64         `json:"requests"`
-	Errors   int64         `json:"errors"`
-	P99      time.Duration `json:"p99"`
+	Requests int64
+	Errors   int64
+	P99      time.Duration
+}
+
+// MarshalJSON writes the figures with the error rate, p99 in milliseconds.
+func (v VersionStats) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Requests  int64   `json:"requests"`
+		Errors    int64   `json:"errors"`
+		ErrorRate float64 `json:"error_rate"`
+		P99MS     float64 `json:"p99_ms"`
+	}{v.Requests, v.Errors, v.ErrorRate(), float64(v.P99) / float64(time.Millisecond)})
 }
 
 // ErrorRate is Errors / Requests (0 without requests).

@@ -111,7 +111,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
-	s := &Service{cfg: cfg, tx: deps.Tx, redis: deps.Redis, log: deps.Log.With().Str("module", "gpu").Logger(),
+	s := &Service{cfg: cfg, tx: deps.Tx, redis: deps.Redis, log: deps.Log,
 		quotas: deps.Quotas, meter: deps.Meter, instance: deps.Instance, now: func() time.Time { return deps.Now().UTC() },
 		stats:   NewStats(deps.Redis),
 		traffic: redisx.NewBroadcast[string](deps.Redis, "gpu-traffic"),

@@ -45,7 +45,7 @@ CREATE TABLE gpu_health_events (
     uuid     text        NOT NULL,
     node_id  text        NOT NULL,
     at       timestamptz NOT NULL,
-    kind     text        NOT NULL CHECK (kind IN ('xid', 'ecc', 'recovered', 'reprobe_failed')),
+    kind     text        NOT NULL CHECK (kind IN ('xid', 'ecc', 'lost', 'recovered', 'reprobe_failed')),
     xid      bigint,
     critical boolean     NOT NULL,
     detail   text        NOT NULL DEFAULT ''
