@@ -10,10 +10,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
-	"github.com/atriumhq/atrium/modules/quota"
 	"github.com/atriumhq/atrium/platform/postgres"
 	"github.com/atriumhq/atrium/platform/principal"
 	"github.com/atriumhq/atrium/platform/redisx"
@@ -28,6 +28,27 @@ func (m *countingMeter) AddGPUSeconds(_ context.Context, _ string, s int64) erro
 	m.seconds.Add(s)
 	return nil
 }
+
+// tableQuotas counts allocation quotas in the quota module's table,
+// without limits: a module may not import another, and what these tests
+// check is that the scheduler's counts match what it holds. The quota
+// module's limits are tested in modules/quota and, wired to this module, in
+// the root package's gpu_test.go.
+type tableQuotas struct{}
+
+func (tableQuotas) Use(ctx context.Context, tx pgx.Tx, tenant, q string, n int64) error {
+	_, err := tx.Exec(ctx, `INSERT INTO quota_usage (tenant_id, quota, period, used) VALUES ($1, $2, '', $3)
+		ON CONFLICT (tenant_id, quota, period) DO UPDATE SET used = quota_usage.used + $3`, tenant, q, n)
+	return err
+}
+
+func (tableQuotas) Return(ctx context.Context, tx pgx.Tx, tenant, q string, n int64) error {
+	_, err := tx.Exec(ctx, `UPDATE quota_usage SET used = greatest(used - $3, 0) WHERE tenant_id = $1 AND quota = $2 AND period = ''`,
+		tenant, q, n)
+	return err
+}
+
+func (tableQuotas) Check(context.Context, pgx.Tx, string, string) error { return nil }
 
 // schedEnv is a database, a Redis key space and GPU nodes on the mock
 // backend, with as many scheduler services as a test builds.
@@ -52,10 +73,6 @@ func newSchedEnv(t *testing.T) *schedEnv {
 	if _, err := owner.Exec(context.Background(), `INSERT INTO tenants (id, name) VALUES ($1, 'GPU tenant')`, e.tenant); err != nil {
 		t.Fatal(err)
 	}
-	// Room for every test's replicas.
-	if _, err := owner.Exec(context.Background(), `INSERT INTO quota_overrides (tenant_id, quota, value) VALUES ($1, 'max_gpus', 1000)`, e.tenant); err != nil {
-		t.Fatal(err)
-	}
 	return e
 }
 
@@ -64,10 +81,6 @@ func (e *schedEnv) service(instance, node string) *Service {
 	e.t.Helper()
 	tx := postgres.NewTx(testenv.AppPool(e.t, e.url), zerolog.Nop())
 	rc := testenv.RedisClient(e.t, e.prefix)
-	q, err := quota.New(quota.Deps{Tx: tx, Redis: rc})
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	kind := "none"
 	if node != "" {
 		kind = "mock"
@@ -79,7 +92,7 @@ func (e *schedEnv) service(instance, node string) *Service {
 	e.t.Cleanup(func() { _ = b.Close() })
 	s, err := New(Config{Node: node, Backend: b, RefreshInterval: 100 * time.Millisecond, NodeTTL: time.Second,
 		ScheduleInterval: 50 * time.Millisecond, LeaseTTL: time.Second, MeterInterval: time.Second},
-		Deps{Tx: tx, Redis: rc, Log: zerolog.Nop(), Quotas: q, Meter: e.meter, Instance: instance})
+		Deps{Tx: tx, Redis: rc, Log: zerolog.Nop(), Quotas: tableQuotas{}, Meter: e.meter, Instance: instance})
 	if err != nil {
 		e.t.Fatal(err)
 	}
