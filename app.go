@@ -75,6 +75,7 @@ type app struct {
 	meter     *quota.Meter
 	payments  *payment.Service
 	gpus      *gpu.Service
+	inference *gpu.Router
 	gpuDevs   gpu.Backend
 	// rateLimits checks every API request against the rate-limit rules.
 	rateLimits *quota.RateLimits
@@ -189,11 +190,14 @@ func openApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *app
 	}
 	a.gpus, err = gpu.New(gpu.Config{Node: node, Backend: a.gpuDevs, Policy: gpu.Policy(cfg.GPU.Policy),
 		RefreshInterval: cfg.GPU.RefreshInterval, NodeTTL: cfg.GPU.NodeTTL, ScheduleInterval: cfg.GPU.ScheduleInterval,
-		LeaseTTL: cfg.GPU.LeaseTTL, MeterInterval: cfg.GPU.MeterInterval},
+		LeaseTTL: cfg.GPU.LeaseTTL, MeterInterval: cfg.GPU.MeterInterval, AdvertiseHost: cfg.GPU.AdvertiseHost,
+		ReplicaGrace: cfg.GPU.ReplicaGrace},
 		gpu.Deps{Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "gpu"), Quotas: a.quotas, Meter: a.meter, Instance: cfg.InstanceID})
 	if err != nil {
 		return nil, err
 	}
+	a.inference = a.gpus.NewRouter(gpu.RouterConfig{Strategy: cfg.GPU.LBStrategy, Timeout: cfg.GPU.InferenceTimeout,
+		Hold: cfg.GPU.HoldTimeout})
 	return a, nil
 }
 
@@ -337,6 +341,9 @@ func (a *app) buildRouter(opts ...appOption) error {
 	})
 	r.Get("/readyz", a.readyz) // its checks carry their own 2 s deadline
 	r.Method(http.MethodGet, "/metrics", a.metrics.Handler())
+	// Inference has its own deadline (ATRIUM_GPU_INFERENCE_TIMEOUT):
+	// completions stream for longer than an API call may take.
+	a.inference.Register(r)
 	// Everything that does I/O on behalf of a caller gets the per-request
 	// deadline; the probes above do not need a timer per call.
 	r.Group(func(r chi.Router) {
@@ -426,6 +433,7 @@ func (a *app) serve(ctx context.Context) error {
 	workers.Go(func() { _ = a.rateLimits.Run(workCtx) })
 	workers.Go(func() { _ = a.payments.Run(workCtx) })
 	workers.Go(func() { _ = a.gpus.Run(workCtx) })
+	workers.Go(func() { _ = a.inference.Run(workCtx) })
 
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(a.listener) }()

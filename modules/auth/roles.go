@@ -31,7 +31,7 @@ type Role struct {
 // grantable are the permissions a custom role may hold: what a tenant
 // administrator holds, so no custom role reaches beyond its tenant.
 var grantable = []string{"users:manage", "users:read", "roles:manage", "terminals:manage", "terminals:read", "audit:read",
-	"payments:read", "payments:refund", "payments:manage", "gpu:read", "gpu:deploy", "cluster:read"}
+	"payments:read", "payments:refund", "payments:manage", "gpu:read", "gpu:deploy", "cluster:read", "inference:invoke"}
 
 var roleName = regexp.MustCompile(`^[a-z][a-z0-9_]{1,39}$`)
 

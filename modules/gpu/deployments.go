@@ -34,12 +34,22 @@ type Params struct {
 	MinRequests  int     `json:"min_requests"`
 	// Blue-green: how long the previous set is kept after the switch.
 	RollbackSeconds int `json:"rollback_seconds"`
+	// Autoscaling between min_replicas and max_replicas: off when
+	// AutoscaleMetric is "", else "concurrency" (AutoscaleTarget requests in
+	// flight per replica) or "gpu_utilization" (AutoscaleTarget percent).
+	// Scaling down waits for ScaleDownSeconds of lower recommendations; with
+	// min_replicas 0, ScaleToZeroSeconds without a request (0: never) scales
+	// to zero.
+	AutoscaleMetric    string  `json:"autoscale_metric"`
+	AutoscaleTarget    float64 `json:"autoscale_target"`
+	ScaleDownSeconds   int     `json:"scale_down_seconds"`
+	ScaleToZeroSeconds int     `json:"scale_to_zero_seconds"`
 }
 
 // DefaultParams are the strategy parameters a deployment starts with.
 func DefaultParams() Params {
 	return Params{MaxSurge: 1, MaxUnavailable: 0, CanarySteps: []int{10, 50, 100}, WatchSeconds: 60,
-		MaxErrorRate: 0.05, MaxP99MS: 2000, MinRequests: 20, RollbackSeconds: 300}
+		MaxErrorRate: 0.05, MaxP99MS: 2000, MinRequests: 20, RollbackSeconds: 300, ScaleDownSeconds: 300}
 }
 
 // ParamsInput changes some of a deployment's Params.
@@ -52,6 +62,11 @@ type ParamsInput struct {
 	MaxP99MS        *int     `json:"max_p99_ms"`
 	MinRequests     *int     `json:"min_requests"`
 	RollbackSeconds *int     `json:"rollback_seconds"`
+	// AutoscaleMetric "" turns autoscaling off.
+	AutoscaleMetric    *string  `json:"autoscale_metric"`
+	AutoscaleTarget    *float64 `json:"autoscale_target"`
+	ScaleDownSeconds   *int     `json:"scale_down_seconds"`
+	ScaleToZeroSeconds *int     `json:"scale_to_zero_seconds"`
 }
 
 // apply validates in onto p.
@@ -76,7 +91,9 @@ func (in *ParamsInput) apply(p *Params) error {
 		lo, hi int
 	}{{&p.MaxSurge, in.MaxSurge, "params.max_surge", 0, 100}, {&p.MaxUnavailable, in.MaxUnavailable, "params.max_unavailable", 0, 100},
 		{&p.WatchSeconds, in.WatchSeconds, "params.watch_seconds", 0, 86400}, {&p.MaxP99MS, in.MaxP99MS, "params.max_p99_ms", 1, 600000},
-		{&p.MinRequests, in.MinRequests, "params.min_requests", 0, 1000000}, {&p.RollbackSeconds, in.RollbackSeconds, "params.rollback_seconds", 0, 7 * 86400}} {
+		{&p.MinRequests, in.MinRequests, "params.min_requests", 0, 1000000}, {&p.RollbackSeconds, in.RollbackSeconds, "params.rollback_seconds", 0, 7 * 86400},
+		{&p.ScaleDownSeconds, in.ScaleDownSeconds, "params.scale_down_seconds", 0, 86400},
+		{&p.ScaleToZeroSeconds, in.ScaleToZeroSeconds, "params.scale_to_zero_seconds", 0, 7 * 86400}} {
 		if err := set(f.dst, f.v, f.name, f.lo, f.hi); err != nil {
 			return err
 		}
@@ -89,6 +106,23 @@ func (in *ParamsInput) apply(p *Params) error {
 			return errs.Field("params.max_error_rate", "must be 0 to 1 (a fraction of requests)")
 		}
 		p.MaxErrorRate = *in.MaxErrorRate
+	}
+	if in.AutoscaleMetric != nil {
+		switch *in.AutoscaleMetric {
+		case "", "concurrency", "gpu_utilization":
+			p.AutoscaleMetric = *in.AutoscaleMetric
+		default:
+			return errs.Field("params.autoscale_metric", "must be concurrency, gpu_utilization or empty (off)")
+		}
+	}
+	if in.AutoscaleTarget != nil {
+		p.AutoscaleTarget = *in.AutoscaleTarget
+	}
+	switch {
+	case p.AutoscaleMetric == "concurrency" && (p.AutoscaleTarget < 0.1 || p.AutoscaleTarget > 10000):
+		return errs.Field("params.autoscale_target", "must be 0.1 to 10000 requests in flight per replica")
+	case p.AutoscaleMetric == "gpu_utilization" && (p.AutoscaleTarget < 1 || p.AutoscaleTarget > 100):
+		return errs.Field("params.autoscale_target", "must be 1 to 100 percent")
 	}
 	if in.CanarySteps != nil {
 		steps := *in.CanarySteps

@@ -88,6 +88,9 @@ func (s *Service) Cycle(ctx context.Context, token int64) (CycleReport, error) {
 	if rep.Moved, err = s.leaveUnhealthy(ctx, token); err != nil {
 		return rep, fmt.Errorf("unhealthy GPUs: %w", err)
 	}
+	if err = s.autoscale(ctx, token); err != nil {
+		return rep, fmt.Errorf("autoscaling: %w", err)
+	}
 	if err = s.reconcileAll(ctx, token); err != nil {
 		return rep, fmt.Errorf("deployments: %w", err)
 	}

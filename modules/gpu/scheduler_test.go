@@ -29,6 +29,8 @@ func (m *countingMeter) AddGPUSeconds(_ context.Context, _ string, s int64) erro
 	return nil
 }
 
+func (m *countingMeter) Add(context.Context, string, string, int64) error { return nil }
+
 // tableQuotas counts allocation quotas in the quota module's table,
 // without limits: a module may not import another, and what these tests
 // check is that the scheduler's counts match what it holds. The quota

@@ -21,10 +21,12 @@ type Quotas interface {
 	Check(ctx context.Context, tx pgx.Tx, tenant, quota string) error
 }
 
-// Meter counts GPU time (the quota module's meter): it lands in the
-// tenant's usage and is charged to its max_gpu_hours budget.
+// Meter counts usage (the quota module's meter): GPU time lands in the
+// tenant's usage and is charged to its max_gpu_hours budget; inference
+// requests and tokens are counted by name.
 type Meter interface {
 	AddGPUSeconds(ctx context.Context, tenant string, seconds int64) error
+	Add(ctx context.Context, tenant, metric string, units int64) error
 }
 
 // Config configures the GPU module.
@@ -45,6 +47,10 @@ type Config struct {
 	LeaseTTL         time.Duration
 	// MeterInterval is how often GPU time is metered.
 	MeterInterval time.Duration
+	// AdvertiseHost is the address this node's replicas listen on and
+	// routers reach them at; ReplicaGrace is their SIGTERM → SIGKILL time.
+	AdvertiseHost string
+	ReplicaGrace  time.Duration
 }
 
 // Deps are what the GPU module needs from the process.
@@ -73,6 +79,8 @@ type Service struct {
 	traffic *redisx.Broadcast[string]  // deployment ids whose weights changed
 	reprobe *redisx.Broadcast[reprobe] // re-probe requests for a node's GPU
 	monitor *Monitor                   // nil without GPUs
+
+	recs recommendations // the autoscaler's recent recommendations
 
 	mu      sync.Mutex
 	devices []Device  // this node's last reading

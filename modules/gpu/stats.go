@@ -49,14 +49,37 @@ func histUpper(i int) time.Duration {
 
 // Record adds one request of a deployment's version, at t.
 func (st *Stats) Record(ctx context.Context, deployment, version string, t time.Time, latency time.Duration, failed bool) error {
-	k := st.key(deployment, version, t.UnixNano()/int64(statsBucket))
-	pipe := st.redis.Pipeline()
-	pipe.HIncrBy(ctx, k, "n", 1)
-	if failed {
-		pipe.HIncrBy(ctx, k, "e", 1)
+	return st.RecordMany(ctx, []sample{{deployment: deployment, version: version, at: t, latency: latency, failed: failed}})
+}
+
+// RecordMany adds requests in one round trip: each to its version's
+// figures and, when it names one, to its replica's ("replica:<id>").
+func (st *Stats) RecordMany(ctx context.Context, samples []sample) error {
+	type field struct{ key, f string }
+	counts := map[field]int64{}
+	keys := map[string]bool{}
+	for _, s := range samples {
+		b := s.at.UnixNano() / int64(statsBucket)
+		ks := []string{st.key(s.deployment, s.version, b)}
+		if s.replica != "" {
+			ks = append(ks, st.key(s.deployment, "replica:"+s.replica, b))
+		}
+		for _, k := range ks {
+			keys[k] = true
+			counts[field{k, "n"}]++
+			if s.failed {
+				counts[field{k, "e"}]++
+			}
+			counts[field{k, "h" + strconv.Itoa(histIndex(s.latency))}]++
+		}
 	}
-	pipe.HIncrBy(ctx, k, "h"+strconv.Itoa(histIndex(latency)), 1)
-	pipe.Expire(ctx, k, statsTTL)
+	pipe := st.redis.Pipeline()
+	for f, n := range counts {
+		pipe.HIncrBy(ctx, f.key, f.f, n)
+	}
+	for k := range keys {
+		pipe.Expire(ctx, k, statsTTL)
+	}
 	_, err := pipe.Exec(ctx)
 	return err
 }

@@ -53,6 +53,11 @@ type GPU struct {
 	ScheduleInterval time.Duration `envconfig:"SCHEDULE_INTERVAL" default:"1s" desc:"how often the scheduler leader reconciles deployments and places pending replicas"`
 	LeaseTTL         time.Duration `envconfig:"LEASE_TTL" default:"6s" desc:"the scheduler leader's lease: a leader that dies is replaced within this time"`
 	MeterInterval    time.Duration `envconfig:"METER_INTERVAL" default:"15s" desc:"how often the leader meters the GPU time of allocated replicas into usage and the max_gpu_hours budget"`
+	AdvertiseHost    string        `envconfig:"ADVERTISE_HOST" default:"127.0.0.1" desc:"the address this node's replicas listen on and every instance's router reaches them at (this host's cluster address when there is more than one host)"`
+	ReplicaGrace     time.Duration `envconfig:"REPLICA_GRACE" default:"10s" desc:"how long a stopping replica gets between SIGTERM and SIGKILL"`
+	LBStrategy       string        `envconfig:"LB_STRATEGY" default:"least_outstanding" desc:"how the inference router picks a replica within a version: least_outstanding, round_robin or weighted_response_time"`
+	InferenceTimeout time.Duration `envconfig:"INFERENCE_TIMEOUT" default:"2m" desc:"bound on one inference request through the router, streaming included"`
+	HoldTimeout      time.Duration `envconfig:"HOLD_TIMEOUT" default:"1m" desc:"how long an inference request waits for a replica when its deployment has none ready (scaled to zero, or starting)"`
 }
 
 // Payments configures the payment module (modules/payment).
@@ -314,6 +319,24 @@ func (c Config) Validate() error {
 			return &Error{Var: d.v, Problem: fmt.Sprintf("must be between %s and 1h", d.lo)}
 		}
 	}
+	switch c.GPU.LBStrategy {
+	case "least_outstanding", "round_robin", "weighted_response_time":
+	default:
+		return &Error{Var: "ATRIUM_GPU_LB_STRATEGY", Problem: "must be least_outstanding, round_robin or weighted_response_time"}
+	}
+	if net.ParseIP(c.GPU.AdvertiseHost) == nil && !validHostname(c.GPU.AdvertiseHost) {
+		return &Error{Var: "ATRIUM_GPU_ADVERTISE_HOST", Problem: "must be an IP address or a host name"}
+	}
+	for _, d := range []struct {
+		v      string
+		d      time.Duration
+		lo, hi time.Duration
+	}{{"ATRIUM_GPU_REPLICA_GRACE", c.GPU.ReplicaGrace, 0, 10 * time.Minute}, {"ATRIUM_GPU_INFERENCE_TIMEOUT", c.GPU.InferenceTimeout, time.Second, time.Hour},
+		{"ATRIUM_GPU_HOLD_TIMEOUT", c.GPU.HoldTimeout, 0, 10 * time.Minute}} {
+		if d.d < d.lo || d.d > d.hi {
+			return &Error{Var: d.v, Problem: fmt.Sprintf("must be between %s and %s", d.lo, d.hi)}
+		}
+	}
 	if c.GPU.NodeTTL < 3*c.GPU.RefreshInterval {
 		return &Error{Var: "ATRIUM_GPU_NODE_TTL", Problem: "must be at least 3 x ATRIUM_GPU_REFRESH_INTERVAL"}
 	}
@@ -443,4 +466,22 @@ func (b OptBool) String() string {
 		return ""
 	}
 	return strconv.FormatBool(b.Value)
+}
+
+// validHostname reports whether h is a DNS host name (RFC 1123 labels).
+func validHostname(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(h, ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, c := range l {
+			if !(c == '-' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+				return false
+			}
+		}
+	}
+	return true
 }

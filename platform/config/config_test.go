@@ -125,7 +125,8 @@ func TestLoadDefaults(t *testing.T) {
 			RecoveryInterval: 5 * time.Second,
 		},
 		GPU: config.GPU{Backend: "auto", Policy: "least_loaded", RefreshInterval: 2 * time.Second, NodeTTL: 10 * time.Second,
-			ScheduleInterval: time.Second, LeaseTTL: 6 * time.Second, MeterInterval: 15 * time.Second},
+			ScheduleInterval: time.Second, LeaseTTL: 6 * time.Second, MeterInterval: 15 * time.Second, AdvertiseHost: "127.0.0.1",
+			ReplicaGrace: 10 * time.Second, LBStrategy: "least_outstanding", InferenceTimeout: 2 * time.Minute, HoldTimeout: time.Minute},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Load() =\n%+v\nwant\n%+v", c, want)
@@ -667,6 +668,11 @@ func TestVarsKeysAreRead(t *testing.T) {
 		"ATRIUM_GPU_SCHEDULE_INTERVAL": "2s",
 		"ATRIUM_GPU_LEASE_TTL":         "10s",
 		"ATRIUM_GPU_METER_INTERVAL":    "1m0s",
+		"ATRIUM_GPU_ADVERTISE_HOST":    "10.0.0.7",
+		"ATRIUM_GPU_REPLICA_GRACE":     "30s",
+		"ATRIUM_GPU_LB_STRATEGY":       "round_robin",
+		"ATRIUM_GPU_INFERENCE_TIMEOUT": "5m0s",
+		"ATRIUM_GPU_HOLD_TIMEOUT":      "30s",
 	}
 	base, err := load(t, nil)
 	if err != nil {
