@@ -310,7 +310,7 @@ func (a *app) buildRouter(opts ...appOption) error {
 		return &config.Error{Var: "ATRIUM_HTTP_TRUSTED_PROXIES", Problem: err.Error()}
 	}
 	ui, err := web.New(web.Deps{Cluster: a.cluster, Auth: a.auth, Tenants: a.tenants, Quotas: a.quotas, Usage: a.meter,
-		RateLimits: a.rateLimits, Payments: a.payments, Channels: a.payments.Channels(), Log: logging.Module(a.log, "web"),
+		RateLimits: a.rateLimits, Payments: a.payments, Channels: a.payments.Channels(), GPUs: a.gpus, Log: logging.Module(a.log, "web"),
 		Version: version, InstanceID: a.cfg.InstanceID, Env: a.cfg.Env})
 	if err != nil {
 		return err

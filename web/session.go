@@ -53,7 +53,9 @@ var sections = []navSection{
 		{Label: "Payments", Href: "/ui/payments", Perm: "payments:read"},
 		{Label: "Merchants", Href: "/ui/merchants", Perm: "payments:read"},
 		{Label: "Channels", Href: "/ui/channels", Perm: "channels:manage"},
-		{Label: "GPUs"}, {Label: "Deployments"},
+		{Label: "GPUs", Href: "/ui/gpus", Perm: "cluster:read"},
+		{Label: "Models", Href: "/ui/models", Perm: "gpu:read"},
+		{Label: "Deployments", Href: "/ui/deployments", Perm: "gpu:read"},
 	}},
 	{Heading: "Access", Items: []navItem{
 		{Label: "Users", Href: "/ui/users", Perm: "users:read"},

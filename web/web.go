@@ -30,6 +30,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/atriumhq/atrium/modules/auth"
+	"github.com/atriumhq/atrium/modules/gpu"
 	"github.com/atriumhq/atrium/modules/payment"
 	"github.com/atriumhq/atrium/modules/quota"
 	"github.com/atriumhq/atrium/modules/tenant"
@@ -74,6 +75,9 @@ type Deps struct {
 	// Payments serves the payment and merchant pages; without it they
 	// answer 404.
 	Payments *payment.Service
+	// GPUs serves the GPU cluster, model and deployment pages; without it
+	// they answer 404.
+	GPUs *gpu.Service
 }
 
 // UI serves the admin pages.
@@ -116,6 +120,9 @@ func New(d Deps) (*UI, error) {
 	for k, v := range paymentFuncs {
 		funcs[k] = v
 	}
+	for k, v := range gpuFuncs {
+		funcs[k] = v
+	}
 	layout, err := template.New("layout").Funcs(funcs).ParseFS(templateFS, "templates/layout.html")
 	if err != nil {
 		return nil, fmt.Errorf("web: %w", err)
@@ -134,6 +141,9 @@ func New(d Deps) (*UI, error) {
 		return nil, err
 	}
 	if err := u.parsePaymentPages(layout); err != nil {
+		return nil, err
+	}
+	if err := u.parseGPUPages(layout); err != nil {
 		return nil, err
 	}
 	return u, nil
@@ -226,6 +236,23 @@ func (u *UI) Routes() http.Handler {
 		r.Get("/ui/payments/{id}", u.paymentPage)
 		r.Post("/ui/payments/{id}/refunds", u.refund("refund"))
 		r.Post("/ui/payments/{id}/void", u.refund("void"))
+		r.Get("/ui/gpus", u.gpuCluster)
+		r.Get("/ui/gpus/live", u.gpuClusterLive)
+		r.Get("/ui/gpus/{uuid}", u.gpuDevice)
+		r.Get("/ui/gpus/{uuid}/live", u.gpuDeviceLive)
+		r.Post("/ui/gpus/{uuid}/reprobe", u.reprobeGPU)
+		r.Get("/ui/models", u.modelList)
+		r.Post("/ui/models", u.createModel)
+		r.Get("/ui/models/{id}", u.modelPage)
+		r.Post("/ui/models/{id}/versions", u.addModelVersion)
+		r.Post("/ui/models/{id}/delete", u.deleteModel)
+		r.Get("/ui/deployments", u.deploymentList)
+		r.Post("/ui/deployments", u.createDeployment)
+		r.Get("/ui/deployments/{id}", u.deploymentPage)
+		r.Get("/ui/deployments/{id}/live", u.deploymentLiveFragment)
+		r.Post("/ui/deployments/{id}/scale", u.scaleDeployment)
+		r.Post("/ui/deployments/{id}/release", u.releaseDeployment)
+		r.Post("/ui/deployments/{id}/{action}", u.deploymentAction)
 	})
 	return r
 }
