@@ -58,6 +58,7 @@ Commands:
   version      print the version
   admin        administrative tasks: create-user (the first platform administrator)
   simbank      serve the simulated bank (a test and load-test double for bank channels)
+  fake-model   serve a fake OpenAI-compatible model (a replica command that needs no GPU)
   ledger       check the payment ledger: verify
   payments     payment maintenance: rekey (re-seal card numbers under the current card key)
 
@@ -87,6 +88,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return cmdAdmin(ctx, rest, stdin, stdout, stderr)
 	case "simbank":
 		return cmdSimbank(ctx, rest, stdout, stderr)
+	case "fake-model":
+		return cmdFakeModel(ctx, rest, stdout, stderr)
 	case "ledger":
 		return cmdLedger(ctx, rest, stdout, stderr)
 	case "payments":
