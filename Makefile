@@ -44,7 +44,7 @@ run: build ## run Atrium at http://127.0.0.1:8080 in development mode
 	  echo "Simulated bank: starting http://127.0.0.1:8090 (atrium simbank; logs in .dev/simbank.log)"; \
 	  mkdir -p .dev && (./bin/atrium simbank --addr 127.0.0.1:8090 --p50 20ms --p99 150ms >.dev/simbank.log 2>&1 &); \
 	fi; \
-	export ATRIUM_ENV=development \
+	export PATH="$(CURDIR)/bin:$$PATH" ATRIUM_ENV=development \
 	 ATRIUM_HTTP_ADDR=$${ATRIUM_HTTP_ADDR:-127.0.0.1:8080} \
 	 ATRIUM_PAYMENTS_CHANNELS=$${ATRIUM_PAYMENTS_CHANNELS:-simbank=http://127.0.0.1:8090} \
 	 ATRIUM_PAYMENTS_TEST_CHANNELS=$${ATRIUM_PAYMENTS_TEST_CHANNELS:-simbank-test=http://127.0.0.1:8090} \

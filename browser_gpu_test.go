@@ -104,7 +104,7 @@ func TestWebGPUPages(t *testing.T) {
 	// with what was typed.
 	page = wantPage(t, c, in.URL+"/ui/models", http.StatusOK, `id="create-model"`, `<select name="tenant_id" required>`, `value="`+e.tenant+`"`)
 	model := url.Values{"csrf_token": {csrf}, "tenant_id": {e.tenant}, "name": {"llama"}, "description": {"a chat model"},
-		"version": {"1"}, "artifact_uri": {"s3://models/llama/1"}, "command": {"fake-model --port {port}"}, "port": {"8000"},
+		"version": {"1"}, "artifact_uri": {"s3://models/llama/1"}, "command": {fakeModelCommand(t)}, "port": {"8000"},
 		"health_path": {"/health"}, "gpus": {"1"}, "memory_mb": {"20000"}, "sharing": {"exclusive"}}
 	for _, bad := range []struct{ field, value, want string }{
 		{"port", "80x", "Port must be a whole number."},
@@ -139,7 +139,7 @@ func TestWebGPUPages(t *testing.T) {
 		t.Errorf("the model page lacks its version's needs or the add-version form")
 	}
 	modelID := regexp.MustCompile(`action="/ui/models/([0-9a-f-]+)/versions"`).FindStringSubmatch(page)[1]
-	version := url.Values{"csrf_token": {csrf}, "version": {"1"}, "artifact_uri": {"s3://models/llama/2"}, "command": {"fake-model --port {port}"},
+	version := url.Values{"csrf_token": {csrf}, "version": {"1"}, "artifact_uri": {"s3://models/llama/2"}, "command": {fakeModelCommand(t)},
 		"port": {"8000"}, "gpus": {"1"}, "memory_mb": {"20000"}, "sharing": {"exclusive"}}
 	if resp, page := uiPost(t, c, in.URL+"/ui/models/"+modelID+"/versions", version); resp.StatusCode != http.StatusBadRequest ||
 		formErrorOf(page) != `Version &#34;1&#34; of this model exists.` {
@@ -298,7 +298,7 @@ func TestBrowserGPUCanary(t *testing.T) {
 		chromedp.SendKeys(chromedp.CSS(form+`input[name="name"]`), "llama"),
 		chromedp.SendKeys(chromedp.CSS(form+`input[name="version"]`), "1"),
 		chromedp.SendKeys(chromedp.CSS(form+`input[name="artifact_uri"]`), "s3://models/llama/1"),
-		chromedp.SendKeys(chromedp.CSS(form+`input[name="command"]`), "fake-model --port {port}"),
+		chromedp.SendKeys(chromedp.CSS(form+`input[name="command"]`), fakeModelCommand(t)),
 		chromedp.SetValue(chromedp.CSS(form+`input[name="memory_mb"]`), "20000"),
 		chromedp.Click(chromedp.CSS(form+`button[type="submit"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#add-version`)),

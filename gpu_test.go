@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -25,16 +27,33 @@ func gpuConfig(cfg *config.Config, node string) {
 	cfg.Usage = config.Usage{PushInterval: 200 * time.Millisecond, FlushInterval: 500 * time.Millisecond}
 }
 
+// fakeModelCommand is a version's command template that runs `atrium
+// fake-model` as a replica: this test binary, which TestMain runs as atrium
+// when AS_ATRIUM=1 (set here for the replicas the test's instances start).
+func fakeModelCommand(t testing.TB, flags ...string) string {
+	t.Helper()
+	t.Setenv("AS_ATRIUM", "1")
+	bin, err := filepath.Abs(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(append([]string{bin, "fake-model --port {port} --model {deployment} --version {version}"}, flags...), " ")
+}
+
 // startGPUCluster starts n instances, each a GPU node ("node-0" ...) with
 // eight mock GPUs.
 func startGPUCluster(t testing.TB, n int) []*instance {
 	t.Helper()
+	t.Setenv("AS_ATRIUM", "1")
 	dbURL := testenv.Database(t, atriumsql.Migrations())
 	prefix := testenv.RedisPrefix(t)
 	out := make([]*instance, n)
 	for i := range out {
 		cfg := testConfig(dbURL, prefix, fmt.Sprintf("gpu-%d", i))
 		gpuConfig(&cfg, fmt.Sprintf("node-%d", i))
+		if _, bench := t.(*testing.B); bench {
+			cfg.Log.Level = "info" // as in production: debug logs every request
+		}
 		out[i] = startInstance(t, cfg)
 	}
 	return out
@@ -61,7 +80,7 @@ func startGPUs(t testing.TB, n int) *gpuEnv {
 // returns it.
 func (e *gpuEnv) createModel(t testing.TB, name string, version map[string]any) gpu.Model {
 	t.Helper()
-	v1 := map[string]any{"version": "1", "artifact_uri": "s3://models/" + name + "/1", "command": "fake-model --port {port}", "port": 8000}
+	v1 := map[string]any{"version": "1", "artifact_uri": "s3://models/" + name + "/1", "command": fakeModelCommand(t), "port": 8000}
 	for k, v := range version {
 		v1[k] = v
 	}

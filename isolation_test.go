@@ -116,15 +116,16 @@ func setUpTenantA(t *testing.T, in *instance) *tenantA {
 	// parameter missing here fails the probe: add the id of an object of
 	// tenant A's of that kind (created above) when you add the route.
 	a.params = map[string]string{
-		"tenants/{id}":     a.tenant,
-		"users/{id}":       a.user,
-		"sessions/{id}":    a.session,
-		"terminals/{id}":   a.terminal,
-		"roles/{id}":       a.role,
-		"merchants/{id}":   a.merchant,
-		"payments/{id}":    a.payment,
-		"models/{id}":      a.model,
-		"deployments/{id}": a.deployment,
+		"tenants/{id}":       a.tenant,
+		"users/{id}":         a.user,
+		"sessions/{id}":      a.session,
+		"terminals/{id}":     a.terminal,
+		"roles/{id}":         a.role,
+		"merchants/{id}":     a.merchant,
+		"payments/{id}":      a.payment,
+		"models/{id}":        a.model,
+		"deployments/{id}":   a.deployment,
+		"replicas/{replica}": "01900000-0000-7000-8000-000000000000",
 		// GPUs are the platform's: re-probing is for platform administrators.
 		"devices/{uuid}": "GPU-00000000-0000-0000-0000-000000000000",
 		"quotas/{quota}": "max_users",

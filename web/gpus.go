@@ -30,7 +30,7 @@ import (
 // parseGPUPages adds the GPU pages; the model pages share the version
 // form's fields.
 func (u *UI) parseGPUPages(layout *template.Template) error {
-	for _, page := range []string{"gpus", "gpu", "models", "model", "deployments", "deployment"} {
+	for _, page := range []string{"gpus", "gpu", "models", "model", "deployments", "deployment", "replica"} {
 		t, err := template.Must(layout.Clone()).ParseFS(templateFS, "templates/"+page+".html", "templates/gpu_fields.html")
 		if err != nil {
 			return fmt.Errorf("web: %s: %w", page, err)
@@ -1323,4 +1323,46 @@ func actionOutcome(action string, d gpu.Deployment, now time.Time) string {
 		return "Release resumed."
 	}
 	return "Done."
+}
+
+// replicaData is a replica's page: its process and its output.
+type replicaData struct {
+	page
+	Deployment gpu.Deployment
+	Replica    gpu.Replica
+	Lines      []string
+}
+
+// replicaPage shows one replica's process and the last lines of its
+// output.
+func (u *UI) replicaPage(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	svc, err := u.gpuService()
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	dd, err := svc.GetDeployment(ctx, chi.URLParam(r, "id"))
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	d := replicaData{Deployment: dd.Deployment}
+	found := false
+	for _, rep := range dd.ReplicaList {
+		if rep.ID == chi.URLParam(r, "replica") {
+			d.Replica, found = rep, true
+		}
+	}
+	if !found {
+		u.fail(w, r, errs.E(errs.NotFound, "no such replica in this deployment"))
+		return
+	}
+	if d.Lines, err = svc.ReplicaLogs(ctx, dd.ID, d.Replica.ID); err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	d.page = u.page(w, r, "Replica of "+dd.Name, "Deployments")
+	d.Parent = &navItem{Label: dd.Name, Href: "/ui/deployments/" + dd.ID}
+	u.render(w, r, http.StatusOK, "replica", "layout", d)
 }

@@ -250,6 +250,7 @@ func (u *UI) Routes() http.Handler {
 		r.Post("/ui/deployments", u.createDeployment)
 		r.Get("/ui/deployments/{id}", u.deploymentPage)
 		r.Get("/ui/deployments/{id}/live", u.deploymentLiveFragment)
+		r.Get("/ui/deployments/{id}/replicas/{replica}", u.replicaPage)
 		r.Post("/ui/deployments/{id}/scale", u.scaleDeployment)
 		r.Post("/ui/deployments/{id}/release", u.releaseDeployment)
 		r.Post("/ui/deployments/{id}/{action}", u.deploymentAction)

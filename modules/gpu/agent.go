@@ -57,6 +57,19 @@ func (s *Service) runAgent(ctx context.Context) {
 		})
 	}()
 	s.publish(ctx)
+	if err := s.adoptLeftovers(ctx); err != nil {
+		s.log.Warn().Err(err).Msg("GPU agent: replicas left from an earlier run not checked")
+	}
+	defer func() {
+		// Stopping Atrium stops its replicas: none is left without a
+		// supervisor. Their GPUs stay allocated; they start again when the
+		// node returns, or move when it is lost.
+		sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ReplicaGrace+5*time.Second)
+		defer cancel()
+		s.sup.StopAll(sctx)
+		_ = s.tx.Exec(postgres.AllTenants(sctx, "gpu.agent"), "gpu.agent_stop",
+			`UPDATE replicas SET state = 'placed', endpoint = '', pid = NULL, runtime = '' WHERE node_id = $1 AND state = 'running'`, s.cfg.Node)
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -215,36 +228,28 @@ func (s *Service) recordHealth(e HealthEvent) {
 	lvl.Str("gpu", e.UUID).Str("kind", e.Kind).Uint64("xid", e.XID).Bool("critical", e.Critical).Str("detail", e.Detail).Msg("GPU health event")
 }
 
-// acknowledge moves this node's replicas on: placed ones run, stopping
-// ones stop and free their GPUs; and tells a simulated backend the load.
+// acknowledge runs this node's replicas (reconcileRuntime), publishes
+// their output, and tells a simulated backend the load.
 func (s *Service) acknowledge(ctx context.Context) error {
-	ctx = postgres.AllTenants(ctx, "gpu.agent")
+	if err := s.reconcileRuntime(ctx); err != nil {
+		return err
+	}
+	s.publishLogs(ctx)
+	sim, ok := s.cfg.Backend.(Simulator)
+	if !ok {
+		return nil
+	}
 	var running []Replica
-	err := s.tx.Do(ctx, "gpu.acknowledge", func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `UPDATE replicas SET state = 'running', ready_at = now() WHERE node_id = $1 AND state = 'placed'`,
-			s.cfg.Node); err != nil {
-			return err
-		}
-		rows, _ := tx.Query(ctx, `SELECT id FROM replicas WHERE node_id = $1 AND state = 'stopping' FOR UPDATE SKIP LOCKED`, s.cfg.Node)
-		ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return err
-		}
-		for _, id := range ids {
-			if err := s.release(ctx, tx, id, ""); err != nil {
-				return err
-			}
-		}
-		rows, _ = tx.Query(ctx, `SELECT `+replicaCols+` FROM replicas WHERE node_id = $1 AND state = 'running'`, s.cfg.Node)
+	err := s.tx.Do(postgres.AllTenants(ctx, "gpu.agent"), "gpu.node_load", func(tx pgx.Tx) error {
+		rows, _ := tx.Query(ctx, `SELECT `+replicaCols+` FROM replicas WHERE node_id = $1 AND state = 'running'`, s.cfg.Node)
+		var err error
 		running, err = pgx.CollectRows(rows, scanReplica)
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	if sim, ok := s.cfg.Backend.(Simulator); ok {
-		simulateLoad(sim, running, s.lastDevices())
-	}
+	simulateLoad(sim, running, s.lastDevices())
 	return nil
 }
 

@@ -193,6 +193,12 @@ type Replica struct {
 	PlacedAt     *time.Time `json:"placed_at"`
 	ReadyAt      *time.Time `json:"ready_at"`
 	StoppedAt    *time.Time `json:"stopped_at"`
+	// What its node's runtime reports: where the router reaches it while
+	// ready, its process, restarts and the supervisor's state.
+	Endpoint string `json:"endpoint"`
+	PID      *int   `json:"pid"`
+	Restarts int    `json:"restarts"`
+	Runtime  string `json:"runtime"`
 }
 
 // Event is one entry of a deployment's history.
@@ -443,13 +449,13 @@ func (s *Service) ListDeployments(ctx context.Context) ([]Deployment, error) {
 }
 
 const replicaCols = `id, deployment_id, version_id, state, reason, gpus, memory_mb, sharing, mig_profile, node_id, gpu_uuids,
-	milli_gpus, created_at, placed_at, ready_at, stopped_at`
+	milli_gpus, created_at, placed_at, ready_at, stopped_at, endpoint, pid, restarts, runtime`
 
 func scanReplica(r pgx.CollectableRow) (Replica, error) {
 	var x Replica
 	var sharing string
 	err := r.Scan(&x.ID, &x.DeploymentID, &x.VersionID, &x.State, &x.Reason, &x.Need.GPUs, &x.Need.MemoryMB, &sharing,
-		&x.Need.MIGProfile, &x.Node, &x.GPUs, &x.MilliGPUs, &x.CreatedAt, &x.PlacedAt, &x.ReadyAt, &x.StoppedAt)
+		&x.Need.MIGProfile, &x.Node, &x.GPUs, &x.MilliGPUs, &x.CreatedAt, &x.PlacedAt, &x.ReadyAt, &x.StoppedAt, &x.Endpoint, &x.PID, &x.Restarts, &x.Runtime)
 	x.Need.Sharing = Sharing(sharing)
 	return x, err
 }

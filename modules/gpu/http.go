@@ -97,6 +97,10 @@ func (s *Service) Register(r chi.Router) {
 		err := s.DeleteDeployment(r.Context(), chi.URLParam(r, "id"))
 		return reply(w, http.StatusAccepted, map[string]any{"status": "deleting"}, err)
 	}))
+	r.With(need("gpu:read")).Get("/deployments/{id}/replicas/{replica}/logs", h.H(func(w http.ResponseWriter, r *http.Request) error {
+		lines, err := s.ReplicaLogs(r.Context(), chi.URLParam(r, "id"), chi.URLParam(r, "replica"))
+		return reply(w, http.StatusOK, map[string]any{"lines": lines}, err)
+	}))
 	actions := map[string]func(context.Context, string) (*Deployment, error){
 		"promote": s.Promote, "rollback": s.Rollback, "pause": s.Pause, "resume": s.Resume}
 	for action, do := range actions {

@@ -35,8 +35,10 @@ type Version struct {
 	Version string `json:"version"`
 	// ArtifactURI names the weights (s3://, hf://, file:// ...).
 	ArtifactURI string `json:"artifact_uri"`
-	// Command is the replica's command template; {port}, {artifact},
-	// {model} and {version} are filled in when a replica starts.
+	// Command is the replica's command template; {port}, {host},
+	// {artifact}, {model}, {version} and {deployment} are filled in when a
+	// replica starts. Requests reach it with "model" set to the deployment's
+	// name (vLLM: --served-model-name {deployment}).
 	Command    string    `json:"command"`
 	Port       int       `json:"port"`
 	HealthPath string    `json:"health_path"`
@@ -72,7 +74,8 @@ var (
 )
 
 // placeholders are what a command template may name.
-var placeholders = map[string]bool{"{port}": true, "{artifact}": true, "{model}": true, "{version}": true}
+var placeholders = map[string]bool{"{port}": true, "{host}": true, "{artifact}": true, "{model}": true, "{version}": true,
+	"{deployment}": true}
 
 func printable(s string) bool {
 	return strings.IndexFunc(s, func(r rune) bool { return unicode.IsControl(r) }) < 0
@@ -94,7 +97,7 @@ func (in NewVersion) version(modelID string) (Version, error) {
 	}
 	for _, p := range placeholder.FindAllString(v.Command, -1) {
 		if !placeholders[p] {
-			return v, errs.Field("command", "unknown placeholder %s (known: {port}, {artifact}, {model}, {version})", p)
+			return v, errs.Field("command", "unknown placeholder %s (known: {port}, {host}, {artifact}, {model}, {version}, {deployment})", p)
 		}
 	}
 	if v.Port < 1 || v.Port > 65535 {

@@ -20,6 +20,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/atriumhq/atrium/platform/errs"
 	"github.com/atriumhq/atrium/platform/httpx"
 	"github.com/atriumhq/atrium/platform/postgres"
 	"github.com/atriumhq/atrium/platform/principal"
@@ -237,12 +238,12 @@ func openAIError(w http.ResponseWriter, status int, typ, code, param, format str
 }
 
 // caller is the tenant of an authenticated caller allowed to invoke models.
-func caller(w http.ResponseWriter, r *http.Request) (string, bool) {
+func (rt *Router) caller(w http.ResponseWriter, r *http.Request) (string, bool) {
 	p := principal.From(r.Context())
 	switch {
 	case p == nil:
-		w.Header().Set("WWW-Authenticate", `Bearer realm="atrium"`)
-		openAIError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "", "authentication required: send Authorization: Bearer <access token>")
+		// As every other route answers it (the edge's problem).
+		httpx.WriteError(w, r, rt.s.log, errs.E(errs.Unauthenticated, "authentication required: send Authorization: Bearer <access token>"))
 		return "", false
 	case !p.Has("inference:invoke"):
 		openAIError(w, http.StatusForbidden, "invalid_request_error", "forbidden", "", "the caller may not invoke models (inference:invoke)")
@@ -256,7 +257,7 @@ func caller(w http.ResponseWriter, r *http.Request) (string, bool) {
 
 // serveModels lists the tenant's deployments as models.
 func (rt *Router) serveModels(w http.ResponseWriter, r *http.Request) {
-	tenant, ok := caller(w, r)
+	tenant, ok := rt.caller(w, r)
 	if !ok {
 		return
 	}
@@ -277,7 +278,7 @@ func (rt *Router) serveModels(w http.ResponseWriter, r *http.Request) {
 
 // serveInference routes one completion request.
 func (rt *Router) serveInference(w http.ResponseWriter, r *http.Request) {
-	tenant, ok := caller(w, r)
+	tenant, ok := rt.caller(w, r)
 	if !ok {
 		return
 	}
@@ -331,9 +332,13 @@ func (rt *Router) route(w http.ResponseWriter, r *http.Request, d *routeDeployme
 		d = rt.current(d)
 		version := pickVersion(d.Traffic, d.ready)
 		rep, ok := rt.pick(d.ready[version], tried)
-		if !ok && len(tried) > 0 {
-			// Nothing else in this version: any ready replica of the
-			// deployment rather than failing a retry.
+		if !ok && len(d.ready[version]) > 0 && len(tried) == 0 {
+			// The version drawn has replicas, but every breaker is open:
+			// that counts against the version (a failing canary is rolled
+			// back on it) and the request goes to another version.
+			rt.record(d, routeReplica{Version: version}, time.Now(), true)
+		}
+		if !ok {
 			for v := range d.ready {
 				if rep, ok = rt.pick(d.ready[v], tried); ok {
 					break
@@ -341,10 +346,12 @@ func (rt *Router) route(w http.ResponseWriter, r *http.Request, d *routeDeployme
 			}
 		}
 		if !ok {
-			if len(tried) > 0 || time.Now().After(deadline) {
-				openAIError(w, http.StatusServiceUnavailable, "server_error", "no_replica", "", "deployment %q has no ready replica; try again shortly", d.Name)
+			if len(tried) > 0 || len(d.ready) > 0 || time.Now().After(deadline) {
+				openAIError(w, http.StatusServiceUnavailable, "server_error", "no_replica", "", "deployment %q has no replica able to serve; try again shortly", d.Name)
 				return
 			}
+			// None ready (scaled to zero, or starting): hold the request,
+			// counted in flight, which brings a replica up.
 			select {
 			case <-ctx.Done():
 				return

@@ -82,9 +82,14 @@ type Service struct {
 
 	recs recommendations // the autoscaler's recent recommendations
 
+	sup *Supervisor // this node's replica processes (nil without GPUs)
+
 	mu      sync.Mutex
-	devices []Device  // this node's last reading
-	saved   lastSaved // what the agent last wrote to PostgreSQL
+	devices []Device          // this node's last reading
+	saved   lastSaved         // what the agent last wrote to PostgreSQL
+	ports   map[string]int    // replica → the port its process listens on
+	deps    map[string]string // replica → its deployment
+	stops   map[string]bool   // replicas this agent is stopping
 }
 
 // reprobe asks node's agent to probe one of its GPUs again.
@@ -124,8 +129,14 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		stats:   NewStats(deps.Redis),
 		traffic: redisx.NewBroadcast[string](deps.Redis, "gpu-traffic"),
 		reprobe: redisx.NewBroadcast[reprobe](deps.Redis, "gpu-reprobe")}
+	if cfg.AdvertiseHost == "" {
+		cfg.AdvertiseHost = "127.0.0.1"
+		s.cfg.AdvertiseHost = cfg.AdvertiseHost
+	}
+	s.ports, s.deps, s.stops = map[string]int{}, map[string]string{}, map[string]bool{}
 	if cfg.Backend != nil && cfg.Backend.Name() != "none" {
 		s.monitor = NewMonitor(cfg.Backend, s.log, s.recordHealth)
+		s.sup = NewSupervisor(SupervisorConfig{Grace: cfg.ReplicaGrace}, s.log, s.procChanged)
 	}
 	return s, nil
 }
