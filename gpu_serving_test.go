@@ -224,3 +224,40 @@ func TestServingEndToEnd(t *testing.T) {
 		return resp.StatusCode == http.StatusOK && bytes.Contains(body, []byte("inference_requests"))
 	})
 }
+
+// TestServingScaleFromZero: a deployment scaled to zero holds a request
+// while its first replica starts, answers it, and goes back to zero once
+// idle.
+func TestServingScaleFromZero(t *testing.T) {
+	e := startGPUs(t, 1)
+	user := loginAs(t, e.in[0], "ml@zero.test", adminPassword, "tenant_admin", e.tenant)
+	m := e.createModel(t, "tiny", map[string]any{"gpus": 1, "memory_mb": 2000, "sharing": "shared"})
+	resp, body := e.api(http.MethodPost, "/api/v1/deployments", map[string]any{"tenant_id": e.tenant, "name": "tiny", "model_id": m.ID,
+		"replicas": 0, "min_replicas": 0, "max_replicas": 2,
+		"params": map[string]any{"autoscale_metric": "concurrency", "autoscale_target": 4, "scale_down_seconds": 1, "scale_to_zero_seconds": 2}})
+	wantStatus(t, resp, body, http.StatusCreated)
+	dep := decodeJSON[gpu.Deployment](t, body)
+	if d := e.deployment(t, dep.ID); len(d.ReplicaList) != 0 {
+		t.Fatalf("a deployment at zero has replicas: %+v", d.ReplicaList)
+	}
+	start := time.Now()
+	code, _, b := infer(t, e.in[0], user, "tiny", false)
+	if code != http.StatusOK {
+		t.Fatalf("the held request: %d %s", code, b)
+	}
+	t.Logf("first request answered after %s (replica start included)", time.Since(start).Round(time.Millisecond))
+	testenv.Eventually(t, 30*time.Second, "back to zero replicas once idle", func() bool {
+		d := e.deployment(t, dep.ID)
+		return d.Replicas == 0 && len(running(d, "")) == 0
+	})
+	d := e.deployment(t, dep.ID)
+	var msgs []string
+	for _, ev := range d.Events {
+		if ev.Kind == "autoscaled" {
+			msgs = append(msgs, ev.Message)
+		}
+	}
+	if len(msgs) < 2 || !strings.Contains(strings.Join(msgs, "|"), "scaled to zero") {
+		t.Errorf("autoscaling decisions %q; want 0 → 1 for the waiting request and back to zero", msgs)
+	}
+}
