@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"slices"
 	"sync"
 	"testing"
@@ -30,23 +33,30 @@ func BenchmarkInferenceRouter(b *testing.B) {
 		wantStatus(b, resp, body, http.StatusOK)
 	}
 	liftLimits("max_api_calls_per_day")
-	m := e.createModel(b, "bench", map[string]any{"gpus": 1, "memory_mb": 4000, "sharing": "shared"})
-	resp, body := e.api(http.MethodPost, "/api/v1/deployments", map[string]any{"tenant_id": e.tenant, "name": "bench", "model_id": m.ID,
-		"version_id": m.Versions[0].ID, "replicas": 1})
-	wantStatus(b, resp, body, http.StatusCreated)
-	dep := decodeJSON[gpu.Deployment](b, body)
-	var endpoint string
-	testenv.Eventually(b, 30*time.Second, "the replica ready", func() bool {
-		rs := running(e.deployment(b, dep.ID), "")
-		if len(rs) == 1 {
-			endpoint = rs[0].Endpoint
-		}
-		return endpoint != ""
-	})
-	payload := []byte(`{"model":"bench","max_tokens":8,"messages":[{"role":"user","content":"how fast is the router"}]}`)
+	// Two one-replica deployments of the fake model: "bench" answers at
+	// once (the router's own cost dominates), "bench-10ms" takes 10 ms like
+	// a small real model.
+	deploy := func(name string, flags ...string) string {
+		m := e.createModel(b, name, map[string]any{"gpus": 1, "memory_mb": 4000, "sharing": "shared", "command": fakeModelCommand(b, flags...)})
+		resp, body := e.api(http.MethodPost, "/api/v1/deployments", map[string]any{"tenant_id": e.tenant, "name": name, "model_id": m.ID,
+			"version_id": m.Versions[0].ID, "replicas": 1})
+		wantStatus(b, resp, body, http.StatusCreated)
+		dep := decodeJSON[gpu.Deployment](b, body)
+		var endpoint string
+		testenv.Eventually(b, 30*time.Second, "the replica ready", func() bool {
+			rs := running(e.deployment(b, dep.ID), "")
+			if len(rs) == 1 {
+				endpoint = rs[0].Endpoint
+			}
+			return endpoint != ""
+		})
+		return endpoint
+	}
+	endpoint, slow := deploy("bench"), deploy("bench-10ms", "--latency", "10ms")
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	run := func(b *testing.B, url string, auth bool, conc int) {
+	run := func(b *testing.B, url string, auth bool, conc int, model string) {
 		const total = 2000
+		payload := []byte(`{"model":"` + model + `","max_tokens":8,"messages":[{"role":"user","content":"how fast is the router"}]}`)
 		var lat []time.Duration
 		var mu sync.Mutex
 		var elapsed time.Duration
@@ -98,8 +108,16 @@ func BenchmarkInferenceRouter(b *testing.B) {
 		b.ReportMetric(float64(lat[len(lat)*99/100])/1e6, "p99_ms")
 		b.ReportMetric(float64(total*b.N)/elapsed.Seconds(), "req/s")
 	}
+	// The floor of any proxy on this machine: a bare httputil.ReverseProxy
+	// hop, in-process, nothing else.
+	target, _ := url.Parse("http://" + endpoint)
+	bare := httptest.NewServer(httputil.NewSingleHostReverseProxy(target))
+	b.Cleanup(bare.Close)
 	for _, conc := range []int{1, 16} {
-		b.Run(fmt.Sprintf("c%d/direct", conc), func(b *testing.B) { run(b, "http://"+endpoint+"/v1/chat/completions", false, conc) })
-		b.Run(fmt.Sprintf("c%d/router", conc), func(b *testing.B) { run(b, e.in[0].URL+"/v1/chat/completions", true, conc) })
+		b.Run(fmt.Sprintf("c%d/direct", conc), func(b *testing.B) { run(b, "http://"+endpoint+"/v1/chat/completions", false, conc, "bench") })
+		b.Run(fmt.Sprintf("c%d/bare_proxy", conc), func(b *testing.B) { run(b, bare.URL+"/v1/chat/completions", false, conc, "bench") })
+		b.Run(fmt.Sprintf("c%d/router", conc), func(b *testing.B) { run(b, e.in[0].URL+"/v1/chat/completions", true, conc, "bench") })
 	}
+	b.Run("model10ms/c16/direct", func(b *testing.B) { run(b, "http://"+slow+"/v1/chat/completions", false, 16, "bench-10ms") })
+	b.Run("model10ms/c16/router", func(b *testing.B) { run(b, e.in[0].URL+"/v1/chat/completions", true, 16, "bench-10ms") })
 }

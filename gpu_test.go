@@ -81,6 +81,7 @@ func startGPUs(t testing.TB, n int) *gpuEnv {
 func (e *gpuEnv) createModel(t testing.TB, name string, version map[string]any) gpu.Model {
 	t.Helper()
 	v1 := map[string]any{"version": "1", "artifact_uri": "s3://models/" + name + "/1", "command": fakeModelCommand(t), "port": 8000}
+	// version may set the command (and anything else).
 	for k, v := range version {
 		v1[k] = v
 	}

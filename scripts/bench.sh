@@ -134,6 +134,41 @@ awk '
   }
 ' "$OUT/go.txt"
 
+# Inference router figures from the lines above (gpu_bench_test.go): the
+# same chat completions sent to a fake-model replica directly, through a bare
+# httputil.ReverseProxy (the floor of any proxy on this machine), and through
+# Atrium's router (authentication, rate limit, metering, version and replica
+# choice, proxying), one at a time and 16 at a time; then against a replica
+# that takes 10 ms per request, like a small real model.
+echo
+echo "== Inference router (gpu_bench_test.go above; ratios against the direct calls in the same run) =="
+awk '
+  /^BenchmarkInferenceRouter/ {
+    name = $1; sub(/-[0-9]+$/, "", name); sub(/^BenchmarkInferenceRouter\//, "", name)
+    for (i = 3; i <= NF; i++) {
+      if ($i == "p50_ms") p50[name] = $(i-1)
+      if ($i == "p99_ms") p99[name] = $(i-1)
+      if ($i == "req/s") rps[name] = $(i-1)
+    }
+  }
+  function row(label, k, base) {
+    if (!(k in rps)) { printf "%-34s %10s\n", label, "n/a"; return }
+    printf "%-34s %10.3f %10.3f %10.0f %12.3f %10.2f\n", label, p50[k], p99[k], rps[k], p50[k] - p50[base], rps[k] / rps[base]
+  }
+  END {
+    printf "%-34s %10s %10s %10s %12s %10s\n", "case", "p50 ms", "p99 ms", "req/s", "+p50 ms", "x direct"
+    row("one at a time, direct", "c1/direct", "c1/direct")
+    row("one at a time, bare proxy", "c1/bare_proxy", "c1/direct")
+    row("one at a time, router", "c1/router", "c1/direct")
+    row("16 at a time, direct", "c16/direct", "c16/direct")
+    row("16 at a time, bare proxy", "c16/bare_proxy", "c16/direct")
+    row("16 at a time, router", "c16/router", "c16/direct")
+    row("10 ms model, 16 at a time, direct", "model10ms/c16/direct", "model10ms/c16/direct")
+    row("10 ms model, 16 at a time, router", "model10ms/c16/router", "model10ms/c16/direct")
+    print "target: router adds <= 1 ms at p50, throughput >= 0.7 x direct"
+  }
+' "$OUT/go.txt"
+
 echo
 echo "== HTTP load: GET /healthz, wrk -t1 -c$CONNS -d$DURATION, $ROUNDS alternating rounds =="
 go build -o "$OUT/bare" ./scripts/bareserver

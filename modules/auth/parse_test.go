@@ -108,3 +108,32 @@ func TestParseAgreesWithJWX(t *testing.T) {
 		})
 	}
 }
+
+// TestParseRemembersOnlyVerifiedTokens: a token verified once is accepted
+// again without its signature being checked, but only its exact bytes:
+// expiry is still enforced, and a token differing in any byte is verified
+// afresh.
+func TestParseRemembersOnlyVerifiedTokens(t *testing.T) {
+	s := newTestService(t)
+	now := s.now()
+	token, _, _, err := s.issue(tokenSpec{kind: "user", subject: "0193a000-0000-7000-8000-000000000001", tenant: "t", gen: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := s.parse(context.Background(), token); err != nil {
+			t.Fatalf("a good token refused: %v", err)
+		}
+	}
+	if _, ok := s.verified.get(token); !ok {
+		t.Fatal("a verified token was not remembered")
+	}
+	tampered := token[:len(token)-2] + map[bool]string{true: "AA", false: "AB"}[!strings.HasSuffix(token, "AA")]
+	if _, err := s.parse(context.Background(), tampered); err == nil {
+		t.Fatal("a token with another signature was accepted")
+	}
+	s.now = func() time.Time { return now.Add(24 * time.Hour) }
+	if _, err := s.parse(context.Background(), token); err == nil {
+		t.Fatal("a remembered token was accepted after it expired")
+	}
+}

@@ -59,12 +59,13 @@ type Service struct {
 	sec     bool
 	argon   argonParams
 
-	keys   *keys
-	revs   *revocations
-	perms  *permCache
-	events *redisx.Broadcast[event]
-	ready  chan struct{} // closed once the first subscription is live
-	once   sync.Once
+	keys     *keys
+	verified verifiedTokens // tokens whose signature verified (tokens.go)
+	revs     *revocations
+	perms    *permCache
+	events   *redisx.Broadcast[event]
+	ready    chan struct{} // closed once the first subscription is live
+	once     sync.Once
 	// profiles caches TerminalProfile by terminal id.
 	profiles sync.Map
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -152,6 +153,12 @@ func (s *Service) parse(ctx context.Context, raw string) (*claims, error) {
 	if !ok {
 		return nil, errBadToken
 	}
+	// A token whose exact bytes were verified before skips the signature
+	// check (the costliest step of every authenticated request); its key
+	// must still be known and its claims are validated again below.
+	if tc, ok := s.verified.get(raw); ok {
+		return s.validate(tc)
+	}
 	sig, err := b64.DecodeString(sig64)
 	if err != nil || len(sig) != ed25519.SignatureSize || !ed25519.Verify(key, []byte(raw[:len(h64)+1+len(p64)]), sig) {
 		return nil, errBadToken
@@ -161,7 +168,38 @@ func (s *Service) parse(ctx context.Context, raw string) (*claims, error) {
 	if err != nil || json.Unmarshal(pb, &tc) != nil {
 		return nil, errBadToken
 	}
-	return s.validate(&tc)
+	c, err := s.validate(&tc)
+	if err == nil {
+		s.verified.put(raw, &tc)
+	}
+	return c, err
+}
+
+// verifiedTokens remembers the claims of tokens whose signature verified,
+// by their exact bytes, so that a client's next requests with the same
+// token skip the Ed25519 verification. Bounded: when full it starts afresh.
+// Revocation, key removal and expiry are still checked on every request.
+type verifiedTokens struct {
+	mu sync.RWMutex
+	m  map[string]*tokenClaims
+}
+
+const maxVerifiedTokens = 50_000
+
+func (v *verifiedTokens) get(raw string) (*tokenClaims, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	tc, ok := v.m[raw]
+	return tc, ok
+}
+
+func (v *verifiedTokens) put(raw string, tc *tokenClaims) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.m == nil || len(v.m) >= maxVerifiedTokens {
+		v.m = make(map[string]*tokenClaims, 1024)
+	}
+	v.m[raw] = tc
 }
 
 // validate checks the claims of a correctly signed token: issuer,

@@ -42,6 +42,9 @@ func (s *Service) publishInflight(ctx context.Context, inflight map[string]int64
 	return err
 }
 
+// strconvMS formats a time as Unix milliseconds.
+func strconvMS(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
+
 // demand is a deployment's requests in flight across the cluster and the
 // time of its last request (zero when unknown).
 func (s *Service) demand(ctx context.Context, dep string) (int64, time.Time, error) {

@@ -192,7 +192,7 @@ func steady(d *Deployment, c *counts, dc *decision, now time.Time) {
 // rolling replaces old replicas with new ones: at most max_surge above the
 // desired count, at most max_unavailable below it in running replicas.
 func rolling(d *Deployment, c *counts, dc *decision, t, s string) {
-	c2 := *c
+	all := c.reps // every live replica, as the pass began
 	dc.stopOthers(c, s, t)
 	n := d.Replicas
 	if d.State != "paused" {
@@ -202,7 +202,7 @@ func rolling(d *Deployment, c *counts, dc *decision, t, s string) {
 		}
 		// Old replicas that do not serve yet go first: they hold capacity
 		// the new ones need.
-		for _, r := range c2.reps {
+		for _, r := range all {
 			if c.live[t]+c.live[s] <= n || c.live[s] == 0 {
 				break
 			}

@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -210,6 +209,34 @@ func (rt *Router) load(ctx context.Context) {
 		return
 	}
 	rt.table.Store(t)
+	rt.prune(t)
+}
+
+// prune forgets what this instance knew of replicas that are no longer
+// ready anywhere, and the in-flight counters of deployments that are gone.
+func (rt *Router) prune(t *routeTable) {
+	ready := map[string]bool{}
+	deps := map[string]bool{}
+	for _, d := range t.byName {
+		deps[d.ID] = true
+		for _, reps := range d.ready {
+			for _, r := range reps {
+				ready[r.ID] = true
+			}
+		}
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	for id, l := range rt.replicas {
+		if !ready[id] && l.outstanding.Load() == 0 {
+			delete(rt.replicas, id)
+		}
+	}
+	for id, c := range rt.inflight {
+		if !deps[id] && c.Load() == 0 {
+			delete(rt.inflight, id)
+		}
+	}
 }
 
 // Register adds the OpenAI-compatible endpoints to r (the root router).
@@ -641,6 +668,3 @@ func (rt *Router) Inflight() map[string]int64 {
 	}
 	return out
 }
-
-// strconvMS formats milliseconds for Redis.
-func strconvMS(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }

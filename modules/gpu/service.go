@@ -121,6 +121,9 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if cfg.MeterInterval <= 0 {
 		cfg.MeterInterval = 15 * time.Second
 	}
+	if cfg.AdvertiseHost == "" {
+		cfg.AdvertiseHost = "127.0.0.1"
+	}
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
@@ -129,10 +132,6 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		stats:   NewStats(deps.Redis),
 		traffic: redisx.NewBroadcast[string](deps.Redis, "gpu-traffic"),
 		reprobe: redisx.NewBroadcast[reprobe](deps.Redis, "gpu-reprobe")}
-	if cfg.AdvertiseHost == "" {
-		cfg.AdvertiseHost = "127.0.0.1"
-		s.cfg.AdvertiseHost = cfg.AdvertiseHost
-	}
 	s.ports, s.deps, s.stops = map[string]int{}, map[string]string{}, map[string]bool{}
 	if cfg.Backend != nil && cfg.Backend.Name() != "none" {
 		s.monitor = NewMonitor(cfg.Backend, s.log, s.recordHealth)
