@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/atriumhq/atrium/modules/gpu"
 	"github.com/atriumhq/atrium/platform/testenv"
 )
@@ -91,6 +93,16 @@ func TestServingEndToEnd(t *testing.T) {
 	}
 	if code, _, _ := infer(t, e.in[0], e.admin, "chat", false); code != http.StatusForbidden {
 		t.Fatalf("a platform administrator (no tenant) invoked a model: %d", code)
+	}
+	// Another tenant's user, even its administrator, does not see "chat";
+	// a viewer may not invoke models at all.
+	other := loginAs(t, e.in[0], "ml@other.test", adminPassword, "tenant_admin", uuid.NewString())
+	if code, _, b := infer(t, e.in[1], other, "chat", false); code != http.StatusNotFound {
+		t.Fatalf("another tenant reached this tenant's deployment: %d %s", code, b)
+	}
+	viewer := loginAs(t, e.in[0], "viewer@serving.test", adminPassword, "viewer", e.tenant)
+	if code, _, b := infer(t, e.in[0], viewer, "chat", false); code != http.StatusForbidden {
+		t.Fatalf("a viewer invoked a model: %d %s", code, b)
 	}
 
 	// Canary at 10 %: the split over 2 000 requests.
