@@ -2,7 +2,6 @@ package auth
 
 import (
 	"context"
-	"errors"
 	"net/mail"
 	"slices"
 	"strings"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/atriumhq/atrium/platform/errs"
 	"github.com/atriumhq/atrium/platform/postgres"
@@ -89,11 +87,11 @@ func (s *Service) createUser(ctx context.Context, in NewUser) (*User, error) {
 	err = s.tx.Do(ctx, "auth.create_user", func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `INSERT INTO users (id, tenant_id, email, display_name, password_hash, created_at, updated_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $6)`, u.ID, u.TenantID, u.Email, u.DisplayName, hash, now)
-		if isUnique(err) {
+		if postgres.IsUnique(err, "") {
 			return &errs.Error{Code: errs.Conflict, Message: "email: is already registered",
 				Fields: []errs.FieldError{{Field: "email", Message: "is already registered"}}}
 		}
-		if isForeignKey(err) {
+		if postgres.IsForeignKey(err) {
 			return errs.Field("tenant_id", "no such tenant")
 		}
 		if err != nil {
@@ -111,16 +109,6 @@ func (s *Service) createUser(ctx context.Context, in NewUser) (*User, error) {
 		return nil, err
 	}
 	return u, nil
-}
-
-func isUnique(err error) bool {
-	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "23505"
-}
-
-func isForeignKey(err error) bool {
-	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "23503"
 }
 
 // setRoles replaces a user's roles with the named ones, which must be

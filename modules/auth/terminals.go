@@ -59,7 +59,7 @@ func (s *Service) CreateTerminal(ctx context.Context, in NewTerminal) (*Terminal
 		Name: strings.TrimSpace(in.Name), Status: "active", TestMode: in.TestMode, CreatedAt: now, Secret: secret}
 	err = s.tx.Do(ctx, "auth.create_terminal", func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO terminals (id, tenant_id, merchant_ref, name, secret_hash, test_mode, created_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7)`, t.ID, t.TenantID, t.MerchantRef, t.Name, hash, t.TestMode, now); isForeignKey(err) {
+			VALUES ($1, $2, $3, $4, $5, $6, $7)`, t.ID, t.TenantID, t.MerchantRef, t.Name, hash, t.TestMode, now); postgres.IsForeignKey(err) {
 			return errs.Field("tenant_id", "no such tenant")
 		} else if err != nil {
 			return err

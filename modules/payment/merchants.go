@@ -3,13 +3,11 @@ package payment
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"regexp"
 	"strings"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/atriumhq/atrium/platform/auditlog"
 	"github.com/atriumhq/atrium/platform/errs"
@@ -232,9 +230,9 @@ func (s *Service) CreateMerchant(ctx context.Context, in MerchantInput) (*Mercha
 		return auditlog.Record(ctx, tx, s.now(), m.TenantID, auditlog.Actor(ctx), "merchant.create", "merchant:"+m.ID, map[string]any{"ref": m.Ref})
 	})
 	switch {
-	case isUnique(err, "merchants_tenant_id_ref_key"):
+	case postgres.IsUnique(err, "merchants_tenant_id_ref_key"):
 		return nil, errs.Field("ref", "a merchant with ref %q already exists", m.Ref)
-	case isForeignKey(err):
+	case postgres.IsForeignKey(err):
 		return nil, errs.Field("tenant_id", "no such tenant")
 	case err != nil:
 		return nil, err
@@ -322,9 +320,4 @@ func (s *Service) ListMerchants(ctx context.Context) ([]Merchant, error) {
 	}
 	return postgres.Collect(ctx, s.tx, "payment.list_merchants", scanMerchant,
 		`SELECT `+merchantCols+` FROM merchants ORDER BY tenant_id, name, id`)
-}
-
-func isForeignKey(err error) bool {
-	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "23503"
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"math"
 	"strings"
 	"time"
@@ -14,10 +13,10 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/atriumhq/atrium/modules/payment/channel"
 	"github.com/atriumhq/atrium/platform/errs"
+	"github.com/atriumhq/atrium/platform/postgres"
 	"github.com/atriumhq/atrium/platform/principal"
 )
 
@@ -358,7 +357,7 @@ func (s *Service) Create(ctx context.Context, key string, in NewPayment) (*Respo
 				nullJSON(pay.Device), pay.Channel, now, key)
 			return err
 		})
-		if isUnique(err, "payments_tenant_id_order_no_key") && attempt < 3 {
+		if postgres.IsUnique(err, "payments_tenant_id_order_no_key") && attempt < 3 {
 			continue // an order number collided (2^-40 per pair in a second): draw another
 		}
 		break
@@ -401,11 +400,6 @@ func cleanText(s string) bool {
 		}
 	}
 	return true
-}
-
-func isUnique(err error, constraint string) bool {
-	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "23505" && (constraint == "" || pe.ConstraintName == constraint)
 }
 
 // pay calls the channels in route order, failing over while a channel

@@ -10,7 +10,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/singleflight"
 
@@ -672,7 +671,7 @@ func (s *Service) SetOverride(ctx context.Context, tenant, quota string, value *
 				ON CONFLICT (tenant_id, quota) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`,
 				tenant, quota, *value, now)
 		}
-		if isForeignKey(err) {
+		if postgres.IsForeignKey(err) {
 			return errs.E(errs.NotFound, "no such tenant")
 		}
 		if err != nil {
@@ -708,9 +707,4 @@ func (s *Service) Plans(ctx context.Context) ([]Plan, error) {
 		}
 		return p, json.Unmarshal(q, &p.Quotas)
 	}, `SELECT id, name, description, quotas FROM plans ORDER BY id`)
-}
-
-func isForeignKey(err error) bool {
-	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "23503"
 }

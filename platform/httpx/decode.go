@@ -57,7 +57,7 @@ func decodeError(err error) error {
 		if field == "" {
 			return errs.E(errs.Invalid, "body must be a JSON object")
 		}
-		return errs.Field(field, "must be %s, not %s", jsonKind(typ.Type), typ.Value)
+		return errs.Field(field, "must be %s, not %s", JSONKind(typ.Type), typ.Value)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
 		return errs.Field(name, "unknown field")
@@ -66,7 +66,9 @@ func decodeError(err error) error {
 	}
 }
 
-func jsonKind(t reflect.Type) string {
+// JSONKind names the JSON type a Go type decodes from ("a string", "an
+// integer" ...), for error messages that do not show Go type names.
+func JSONKind(t reflect.Type) string {
 	switch t.Kind() {
 	case reflect.String:
 		return "a string"
@@ -81,6 +83,8 @@ func jsonKind(t reflect.Type) string {
 		return "an array"
 	case reflect.Map, reflect.Struct:
 		return "an object"
+	case reflect.Pointer:
+		return JSONKind(t.Elem())
 	default:
 		return "a " + t.String()
 	}

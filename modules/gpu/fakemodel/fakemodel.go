@@ -9,11 +9,12 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/atriumhq/atrium/platform/httpx"
 )
 
 // DefaultMaxTokens is how many tokens an answer may have when a request
@@ -761,27 +762,6 @@ func writeError(w http.ResponseWriter, status int, msg, param, code string) {
 	writeJSON(w, status, apiError{Error: d})
 }
 
-// jsonKind names the JSON type a Go type decodes from, for error messages
-// that do not show Go type names.
-func jsonKind(t reflect.Type) string {
-	switch t.Kind() {
-	case reflect.String:
-		return "a string"
-	case reflect.Bool:
-		return "a boolean"
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		return "an integer"
-	case reflect.Float32, reflect.Float64:
-		return "a number"
-	case reflect.Slice, reflect.Array:
-		return "an array"
-	case reflect.Pointer:
-		return jsonKind(t.Elem())
-	}
-	return "an object"
-}
-
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -799,7 +779,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &typeErr) && typeErr.Field != "":
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s must be %s", typeErr.Field, jsonKind(typeErr.Type)), typeErr.Field, "invalid_type")
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s must be %s", typeErr.Field, httpx.JSONKind(typeErr.Type)), typeErr.Field, "invalid_type")
 	case errors.As(err, &tooBig):
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the request body exceeds %d bytes", maxBodyBytes), "", "request_too_large")
 	case errors.Is(err, io.EOF):
