@@ -191,7 +191,7 @@ func openApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *app
 	a.gpus, err = gpu.New(gpu.Config{Node: node, Backend: a.gpuDevs, Policy: gpu.Policy(cfg.GPU.Policy),
 		RefreshInterval: cfg.GPU.RefreshInterval, NodeTTL: cfg.GPU.NodeTTL, ScheduleInterval: cfg.GPU.ScheduleInterval,
 		LeaseTTL: cfg.GPU.LeaseTTL, MeterInterval: cfg.GPU.MeterInterval, AdvertiseHost: cfg.GPU.AdvertiseHost,
-		ReplicaGrace: cfg.GPU.ReplicaGrace},
+		ReplicaGrace: cfg.GPU.ReplicaGrace, Commands: cfg.GPU.Commands},
 		gpu.Deps{Tx: a.tx, Redis: a.redis, Log: logging.Module(log, "gpu"), Quotas: a.quotas, Meter: a.meter, Instance: cfg.InstanceID})
 	if err != nil {
 		return nil, err

@@ -109,7 +109,8 @@ func TestWebGPUPages(t *testing.T) {
 	for _, bad := range []struct{ field, value, want string }{
 		{"port", "80x", "Port must be a whole number."},
 		{"port", "70000", "Port must be 1 to 65535."},
-		{"command", "serve --gpu {gpu}", "Command: unknown placeholder {gpu}"},
+		{"command", testBinary() + " --gpu {gpu}", "Command: unknown placeholder {gpu}"},
+		{"command", "bash -c reboot", "Command must start one of the programs this platform allows"},
 		{"sharing", "mig:huge", `Sharing: MIG profile &#34;huge&#34; is not of the form`},
 		{"name", "no spaces", "Name must be 1 to 128 letters"},
 		{"tenant_id", "", "Tenant is required for a platform administrator"},

@@ -23,7 +23,8 @@ import (
 // simulated DGX A100), with intervals short enough for tests.
 func gpuConfig(cfg *config.Config, node string) {
 	cfg.GPU = config.GPU{Backend: "mock", Node: node, Policy: "least_loaded", RefreshInterval: 200 * time.Millisecond,
-		NodeTTL: 2 * time.Second, ScheduleInterval: 100 * time.Millisecond, LeaseTTL: 2 * time.Second, MeterInterval: time.Second}
+		NodeTTL: 2 * time.Second, ScheduleInterval: 100 * time.Millisecond, LeaseTTL: 2 * time.Second, MeterInterval: time.Second,
+		Commands: []string{testBinary()}}
 	cfg.Usage = config.Usage{PushInterval: 200 * time.Millisecond, FlushInterval: 500 * time.Millisecond}
 }
 
@@ -33,11 +34,17 @@ func gpuConfig(cfg *config.Config, node string) {
 func fakeModelCommand(t testing.TB, flags ...string) string {
 	t.Helper()
 	t.Setenv("AS_ATRIUM", "1")
+	return strings.Join(append([]string{testBinary(), "fake-model --port {port} --model {deployment} --version {version}"}, flags...), " ")
+}
+
+// testBinary is this test binary's absolute path: the one program test
+// instances allow replicas to start.
+func testBinary() string {
 	bin, err := filepath.Abs(os.Args[0])
 	if err != nil {
-		t.Fatal(err)
+		panic(err)
 	}
-	return strings.Join(append([]string{bin, "fake-model --port {port} --model {deployment} --version {version}"}, flags...), " ")
+	return bin
 }
 
 // startGPUCluster starts n instances, each a GPU node ("node-0" ...) with

@@ -48,7 +48,7 @@ var probeBodies = map[string]any{
 	"PATCH /api/v1/tenants/{id}":              map[string]string{"name": "Taken over by B"},
 	"POST /api/v1/tenants/{id}/suspend":       map[string]string{"reason": "B says so"},
 	"PUT /api/v1/tenants/{id}/quotas/{quota}": map[string]int{"value": 0},
-	"POST /api/v1/models/{id}/versions": map[string]any{"version": "b", "artifact_uri": "s3://b", "command": "serve", "port": 8000,
+	"POST /api/v1/models/{id}/versions": map[string]any{"version": "b", "artifact_uri": "s3://b", "command": "atrium fake-model --port {port}", "port": 8000,
 		"sharing": "exclusive"},
 }
 
@@ -105,7 +105,7 @@ func setUpTenantA(t *testing.T, in *instance) *tenantA {
 		map[string]any{"name": a.roleName, "permissions": []string{"audit:read"}})).ID
 
 	model := decodeJSON[gpu.Model](t, asA(http.MethodPost, "/api/v1/models", map[string]any{"name": "model-a",
-		"version": map[string]any{"version": "1", "artifact_uri": "s3://a/1", "command": "serve", "port": 8000, "sharing": "exclusive"}}))
+		"version": map[string]any{"version": "1", "artifact_uri": "s3://a/1", "command": "atrium fake-model --port {port}", "port": 8000, "sharing": "exclusive"}}))
 	a.model = model.ID
 	a.deployment = decodeJSON[gpu.Deployment](t, asA(http.MethodPost, "/api/v1/deployments", map[string]any{
 		"name": "dep-a", "model_id": model.ID, "replicas": 0, "min_replicas": 0})).ID

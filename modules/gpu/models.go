@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -81,8 +82,16 @@ func printable(s string) bool {
 	return strings.IndexFunc(s, func(r rune) bool { return unicode.IsControl(r) }) < 0
 }
 
-// version validates in into a Version.
-func (in NewVersion) version(modelID string) (Version, error) {
+// allowedProgram reports whether a command's program (its first word) is
+// one the operator allows (ATRIUM_GPU_COMMANDS).
+func allowedProgram(command string, allowed []string) bool {
+	f := strings.Fields(command)
+	return len(f) > 0 && slices.Contains(allowed, f[0])
+}
+
+// version validates in into a Version; its command must start one of the
+// allowed programs.
+func (in NewVersion) version(modelID string, allowed []string) (Version, error) {
 	v := Version{ID: uuid.Must(uuid.NewV7()).String(), ModelID: modelID, Version: strings.TrimSpace(in.Version),
 		ArtifactURI: strings.TrimSpace(in.ArtifactURI), Command: strings.TrimSpace(in.Command), Port: in.Port,
 		HealthPath: in.HealthPath}
@@ -94,6 +103,9 @@ func (in NewVersion) version(modelID string) (Version, error) {
 	}
 	if v.Command == "" || len(v.Command) > 2000 || !printable(v.Command) {
 		return v, errs.Field("command", "must be 1 to 2000 characters without control characters")
+	}
+	if !allowedProgram(v.Command, allowed) {
+		return v, errs.Field("command", "must start one of the programs this platform allows: %s (ATRIUM_GPU_COMMANDS)", strings.Join(allowed, ", "))
 	}
 	for _, p := range placeholder.FindAllString(v.Command, -1) {
 		if !placeholders[p] {
@@ -189,7 +201,7 @@ func (s *Service) CreateModel(ctx context.Context, in NewModel) (*Model, error) 
 	}
 	var first Version
 	if in.Version != nil {
-		if first, err = in.Version.version(m.ID); err != nil {
+		if first, err = in.Version.version(m.ID, s.cfg.Commands); err != nil {
 			return nil, err
 		}
 	}
@@ -226,7 +238,7 @@ func (s *Service) AddVersion(ctx context.Context, modelID string, in NewVersion)
 	if err := principal.Check(ctx, "gpu:deploy"); err != nil {
 		return nil, err
 	}
-	v, err := in.version(modelID)
+	v, err := in.version(modelID, s.cfg.Commands)
 	if err != nil {
 		return nil, err
 	}

@@ -103,6 +103,16 @@ func (s *Service) reconcileRuntime(ctx context.Context) error {
 			if _, ok := s.sup.Status(r.ID); ok {
 				continue
 			}
+			if !allowedProgram(r.Command, s.cfg.Commands) {
+				// Checked when the version was added; this node's operator
+				// may allow less.
+				if err := s.tx.Exec(postgres.AllTenants(ctx, "gpu.agent"), "gpu.refuse_command",
+					`UPDATE replicas SET runtime = 'refused', reason = $2 WHERE id = $1 AND runtime <> 'refused'`, r.ID,
+					"node "+s.cfg.Node+" does not allow this command's program (ATRIUM_GPU_COMMANDS)"); err != nil {
+					return err
+				}
+				continue
+			}
 			port, err := freePort(s.cfg.AdvertiseHost)
 			if err != nil {
 				return fmt.Errorf("replica %s: no free port on %s: %w", r.ID, s.cfg.AdvertiseHost, err)

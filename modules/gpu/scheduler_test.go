@@ -93,7 +93,7 @@ func (e *schedEnv) service(instance, node string) *Service {
 	}
 	e.t.Cleanup(func() { _ = b.Close() })
 	s, err := New(Config{Node: node, Backend: b, RefreshInterval: 100 * time.Millisecond, NodeTTL: 10 * time.Second,
-		ScheduleInterval: 50 * time.Millisecond, LeaseTTL: time.Second, MeterInterval: time.Second},
+		ScheduleInterval: 50 * time.Millisecond, LeaseTTL: time.Second, MeterInterval: time.Second, Commands: []string{"serve"}},
 		Deps{Tx: tx, Redis: rc, Log: zerolog.Nop(), Quotas: tableQuotas{}, Meter: e.meter, Instance: instance})
 	if err != nil {
 		e.t.Fatal(err)

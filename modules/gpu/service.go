@@ -51,6 +51,9 @@ type Config struct {
 	// routers reach them at; ReplicaGrace is their SIGTERM → SIGKILL time.
 	AdvertiseHost string
 	ReplicaGrace  time.Duration
+	// Commands are the programs a version's command may start (default
+	// atrium and vllm).
+	Commands []string
 }
 
 // Deps are what the GPU module needs from the process.
@@ -123,6 +126,9 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	if cfg.AdvertiseHost == "" {
 		cfg.AdvertiseHost = "127.0.0.1"
+	}
+	if len(cfg.Commands) == 0 {
+		cfg.Commands = []string{"atrium", "vllm"}
 	}
 	if deps.Now == nil {
 		deps.Now = time.Now

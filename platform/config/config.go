@@ -58,6 +58,7 @@ type GPU struct {
 	LBStrategy       string        `envconfig:"LB_STRATEGY" default:"least_outstanding" desc:"how the inference router picks a replica within a version: least_outstanding, round_robin or weighted_response_time"`
 	InferenceTimeout time.Duration `envconfig:"INFERENCE_TIMEOUT" default:"2m" desc:"bound on one inference request through the router, streaming included"`
 	HoldTimeout      time.Duration `envconfig:"HOLD_TIMEOUT" default:"1m" desc:"how long an inference request waits for a replica when its deployment has none ready (scaled to zero, or starting)"`
+	Commands         []string      `envconfig:"COMMANDS" default:"atrium,vllm" desc:"the programs a model version's command may start on GPU hosts, comma-separated (names looked up in PATH, or absolute paths): tenants choose the command, operators choose what it may run"`
 }
 
 // Payments configures the payment module (modules/payment).
@@ -335,6 +336,14 @@ func (c Config) Validate() error {
 		{"ATRIUM_GPU_HOLD_TIMEOUT", c.GPU.HoldTimeout, 0, 10 * time.Minute}} {
 		if d.d < d.lo || d.d > d.hi {
 			return &Error{Var: d.v, Problem: fmt.Sprintf("must be between %s and %s", d.lo, d.hi)}
+		}
+	}
+	if len(c.GPU.Commands) == 0 {
+		return &Error{Var: "ATRIUM_GPU_COMMANDS", Problem: "must name at least one program"}
+	}
+	for _, p := range c.GPU.Commands {
+		if p == "" || strings.ContainsAny(p, " \t") {
+			return &Error{Var: "ATRIUM_GPU_COMMANDS", Problem: fmt.Sprintf("%q is not a program name or path", p)}
 		}
 	}
 	if c.GPU.NodeTTL < 3*c.GPU.RefreshInterval {

@@ -126,7 +126,8 @@ func TestLoadDefaults(t *testing.T) {
 		},
 		GPU: config.GPU{Backend: "auto", Policy: "least_loaded", RefreshInterval: 2 * time.Second, NodeTTL: 10 * time.Second,
 			ScheduleInterval: time.Second, LeaseTTL: 6 * time.Second, MeterInterval: 15 * time.Second, AdvertiseHost: "127.0.0.1",
-			ReplicaGrace: 10 * time.Second, LBStrategy: "least_outstanding", InferenceTimeout: 2 * time.Minute, HoldTimeout: time.Minute},
+			ReplicaGrace: 10 * time.Second, LBStrategy: "least_outstanding", InferenceTimeout: 2 * time.Minute, HoldTimeout: time.Minute,
+			Commands: []string{"atrium", "vllm"}},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Load() =\n%+v\nwant\n%+v", c, want)
@@ -673,6 +674,7 @@ func TestVarsKeysAreRead(t *testing.T) {
 		"ATRIUM_GPU_LB_STRATEGY":       "round_robin",
 		"ATRIUM_GPU_INFERENCE_TIMEOUT": "5m0s",
 		"ATRIUM_GPU_HOLD_TIMEOUT":      "30s",
+		"ATRIUM_GPU_COMMANDS":          "/opt/models/serve",
 	}
 	base, err := load(t, nil)
 	if err != nil {
