@@ -52,6 +52,8 @@ func (s *Service) runAgent(ctx context.Context) {
 			if err := s.monitor.Reprobe(ctx, r.UUID); err != nil {
 				s.log.Warn().Err(err).Str("gpu", r.UUID).Msg("re-probe failed")
 				s.recordHealth(HealthEvent{UUID: r.UUID, At: s.now(), Kind: "reprobe_failed", Detail: err.Error()})
+			} else {
+				s.recovered(ctx, r.UUID)
 			}
 			s.publish(ctx)
 		})
@@ -176,16 +178,23 @@ func (s *Service) saveNode(ctx context.Context, devs []Device) error {
 			s.cfg.Node, s.cfg.Backend.Name()); err != nil {
 			return err
 		}
+		// One round trip for every GPU.
+		var b pgx.Batch
 		uuids := make([]string, 0, len(devs))
 		for _, d := range devs {
 			uuids = append(uuids, d.UUID)
-			if _, err := tx.Exec(ctx, `INSERT INTO gpu_devices (uuid, node_id, idx, name, memory_total_mb, mig_mode, domain, healthy, unhealthy)
+			b.Queue(`INSERT INTO gpu_devices (uuid, node_id, idx, name, memory_total_mb, mig_mode, domain, healthy, unhealthy)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 				ON CONFLICT (uuid) DO UPDATE SET node_id = $2, idx = $3, name = $4, memory_total_mb = $5, mig_mode = $6, domain = $7,
-					healthy = $8, unhealthy = $9, present = true, updated_at = now()`,
-				d.UUID, s.cfg.Node, d.Index, d.Name, d.MemoryTotalMB, d.MIGMode, domainOf(d, devs), d.Healthy, d.Unhealthy); err != nil {
-				return err
-			}
+					-- A reading takes a GPU out, never back: only a re-probe
+					-- does (recordHealth), also after this node restarted.
+					healthy = gpu_devices.healthy AND $8,
+					unhealthy = CASE WHEN gpu_devices.healthy AND NOT $8 THEN $9 ELSE gpu_devices.unhealthy END,
+					present = true, updated_at = now()`,
+				d.UUID, s.cfg.Node, d.Index, d.Name, d.MemoryTotalMB, d.MIGMode, domainOf(d, devs), d.Healthy, d.Unhealthy)
+		}
+		if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+			return err
 		}
 		_, err := tx.Exec(ctx, `UPDATE gpu_devices SET present = false, updated_at = now() WHERE node_id = $1 AND NOT uuid = ANY ($2) AND present`,
 			s.cfg.Node, uuids)
@@ -226,6 +235,24 @@ func (s *Service) recordHealth(e HealthEvent) {
 		lvl = s.log.Warn()
 	}
 	lvl.Str("gpu", e.UUID).Str("kind", e.Kind).Uint64("xid", e.XID).Bool("critical", e.Critical).Str("detail", e.Detail).Msg("GPU health event")
+}
+
+// recovered returns a GPU that answered its re-probe to service when
+// PostgreSQL still has it out (marked before this node restarted, so the
+// monitor did not know it); otherwise the monitor's own event did.
+func (s *Service) recovered(ctx context.Context, uuid string) {
+	var was string
+	err := s.tx.QueryRow(ctx, "gpu.recovered", `UPDATE gpu_devices g SET healthy = true, unhealthy = '', updated_at = now()
+		FROM (SELECT uuid, unhealthy FROM gpu_devices WHERE uuid = $1 AND NOT healthy FOR UPDATE) old
+		WHERE g.uuid = old.uuid RETURNING old.unhealthy`, []any{uuid}, &was)
+	if postgres.IsNoRows(err) {
+		return
+	}
+	if err != nil {
+		s.log.Warn().Err(err).Str("gpu", uuid).Msg("re-probed GPU not returned to service")
+		return
+	}
+	s.recordHealth(HealthEvent{UUID: uuid, At: s.now(), Kind: "recovered", Detail: "re-probe answered; was out of service for: " + was})
 }
 
 // acknowledge runs this node's replicas (reconcileRuntime), publishes

@@ -331,3 +331,39 @@ func TestMeteringChargesShareTimesTime(t *testing.T) {
 		t.Errorf("metered %d GPU-seconds for 2 GPUs over 100 s, want 200", got)
 	}
 }
+
+// TestRestartedNodeKeepsFailedGPUsOut: a GPU taken out of service stays
+// out when its node restarts (a fresh monitor reads it as healthy) until a
+// re-probe returns it, with a recovered event.
+func TestRestartedNodeKeepsFailedGPUsOut(t *testing.T) {
+	e := newSchedEnv(t)
+	ctx := context.Background()
+	a := e.service("i-a", "node-a")
+	a.publish(ctx)
+	var uuid string
+	if err := e.owner.QueryRow(ctx, `UPDATE gpu_devices SET healthy = false, unhealthy = 'XID 79' WHERE idx = 3 RETURNING uuid`).Scan(&uuid); err != nil {
+		t.Fatal(err)
+	}
+	restarted := e.service("i-a2", "node-a")
+	restarted.publish(ctx)
+	healthy := func() (ok bool, why string) {
+		if err := e.owner.QueryRow(ctx, `SELECT healthy, unhealthy FROM gpu_devices WHERE uuid = $1`, uuid).Scan(&ok, &why); err != nil {
+			t.Fatal(err)
+		}
+		return ok, why
+	}
+	if ok, why := healthy(); ok || why != "XID 79" {
+		t.Fatalf("after the node restarted the GPU is healthy=%v (%q); want still out for XID 79", ok, why)
+	}
+	if err := restarted.monitor.Reprobe(ctx, uuid); err != nil {
+		t.Fatal(err)
+	}
+	restarted.recovered(ctx, uuid)
+	if ok, _ := healthy(); !ok {
+		t.Fatal("a re-probe did not return the GPU")
+	}
+	var kind string
+	if err := e.owner.QueryRow(ctx, `SELECT kind FROM gpu_health_events WHERE uuid = $1 ORDER BY id DESC LIMIT 1`, uuid).Scan(&kind); err != nil || kind != "recovered" {
+		t.Fatalf("last health event %q (%v), want recovered", kind, err)
+	}
+}
