@@ -134,6 +134,18 @@ func TestServingEndToEnd(t *testing.T) {
 	wg.Wait()
 	share := float64(canary.Load()) / total
 	t.Logf("canary share over %d requests: %.2f%% (%d failed)", total, 100*share, failed.Load())
+	// The routers' figures of the last minute, per version and replica,
+	// add up across both instances.
+	testenv.Eventually(t, 10*time.Second, "the routers' figures per version and replica", func() bool {
+		d = e.deployment(t, dep.ID)
+		var perReplica int64
+		for _, r := range running(d, v1) {
+			if r.Figures != nil {
+				perReplica += r.Figures.Requests
+			}
+		}
+		return d.VersionFigures[v2].Requests >= canary.Load() && perReplica >= total-canary.Load()
+	})
 	if failed.Load() > 0 || math.Abs(share-0.10) > 0.02 {
 		t.Fatalf("canary share %.4f with %d failures; want 0.10 ± 0.02 and none", share, failed.Load())
 	}

@@ -42,10 +42,11 @@ func (u *UI) parseGPUPages(layout *template.Template) error {
 
 // gpuFuncs are the template functions of the GPU pages.
 var gpuFuncs = template.FuncMap{
-	"mb":     mbText,
-	"memory": memoryText,
-	"tail":   tail,
-	"need":   needText,
+	"figures": figuresText,
+	"mb":      mbText,
+	"memory":  memoryText,
+	"tail":    tail,
+	"need":    needText,
 	// gpuShort is enough of a GPU's UUID to tell it apart.
 	"gpuShort": func(uuid string) string {
 		if len(uuid) > 12 {
@@ -960,6 +961,7 @@ func progressOf(d gpu.Deployment, reps []gpu.Replica, now time.Time) progress {
 type trafficRow struct {
 	Version, Role string
 	Percent       int
+	Figures       *gpu.VersionStats // the routers' last minute
 }
 
 // replicaRow is one replica as the deployment page shows it.
@@ -1016,7 +1018,11 @@ func deploymentLiveOf(dd gpu.DeploymentDetail, now time.Time, canDeploy bool) de
 		if d.TargetVersionID != nil && v == *d.TargetVersionID {
 			role = "new"
 		}
-		l.Traffic = append(l.Traffic, trafficRow{Version: cmpOr(d.Versions[v], shortID(v)), Role: role, Percent: pct})
+		row := trafficRow{Version: cmpOr(d.Versions[v], shortID(v)), Role: role, Percent: pct}
+		if f, ok := dd.VersionFigures[v]; ok {
+			row.Figures = &f
+		}
+		l.Traffic = append(l.Traffic, row)
 	}
 	slices.SortFunc(l.Traffic, func(a, b trafficRow) int { return b.Percent - a.Percent })
 	for _, r := range dd.ReplicaList {
@@ -1365,4 +1371,12 @@ func (u *UI) replicaPage(w http.ResponseWriter, r *http.Request) {
 	d.page = u.page(w, r, "Replica of "+dd.Name, "Deployments")
 	d.Parent = &navItem{Label: dd.Name, Href: "/ui/deployments/" + dd.ID}
 	u.render(w, r, http.StatusOK, "replica", "layout", d)
+}
+
+// figuresText is the routers' last minute of a version or replica.
+func figuresText(f *gpu.VersionStats) string {
+	if f == nil {
+		return "—"
+	}
+	return fmt.Sprintf("%d req · %.1f%% errors · p99 %s", f.Requests, 100*f.ErrorRate(), f.P99.Round(time.Millisecond))
 }

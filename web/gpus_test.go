@@ -153,7 +153,7 @@ func TestDeploymentLiveButtons(t *testing.T) {
 	if !l.CanPromote || l.PromoteLabel != "Promote step 1" || l.Running != 5 {
 		t.Errorf("a ready canary step: promote %v %q, running %d", l.CanPromote, l.PromoteLabel, l.Running)
 	}
-	if !reflect.DeepEqual(l.Traffic, []trafficRow{{"1", "stable", 90}, {"2", "new", 10}}) {
+	if !reflect.DeepEqual(l.Traffic, []trafficRow{{Version: "1", Role: "stable", Percent: 90}, {Version: "2", Role: "new", Percent: 10}}) {
 		t.Errorf("traffic %+v", l.Traffic)
 	}
 	// The last step needs all four.

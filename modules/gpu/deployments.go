@@ -199,6 +199,9 @@ type Replica struct {
 	PID      *int   `json:"pid"`
 	Restarts int    `json:"restarts"`
 	Runtime  string `json:"runtime"`
+	// Figures are the router's figures for it over the last minute (detail
+	// only).
+	Figures *VersionStats `json:"figures,omitempty"`
 }
 
 // Event is one entry of a deployment's history.
@@ -215,6 +218,9 @@ type DeploymentDetail struct {
 	Events      []Event   `json:"events"`
 	// Stats are the release target's figures in the current canary step.
 	Stats *VersionStats `json:"stats,omitempty"`
+	// VersionFigures are the router's figures per version id over the last
+	// minute, across every instance.
+	VersionFigures map[string]VersionStats `json:"version_figures"`
 }
 
 // NewDeployment creates a deployment.
@@ -489,6 +495,22 @@ func (s *Service) GetDeployment(ctx context.Context, id string) (*DeploymentDeta
 	if d := out.Deployment; d.TargetVersionID != nil && d.StepStartedAt != nil {
 		if st, err := s.stats.Window(ctx, d.ID, *d.TargetVersionID, *d.StepStartedAt, s.now()); err == nil {
 			out.Stats = &st
+		}
+	}
+	// The last minute's figures; Redis being down leaves them out.
+	now := s.now()
+	out.VersionFigures = map[string]VersionStats{}
+	for v := range out.Versions {
+		if st, err := s.stats.Window(ctx, out.ID, v, now.Add(-time.Minute), now); err == nil && st.Requests > 0 {
+			out.VersionFigures[v] = st
+		}
+	}
+	for i, r := range out.ReplicaList {
+		if r.State == "stopped" {
+			continue
+		}
+		if st, err := s.stats.Window(ctx, out.ID, "replica:"+r.ID, now.Add(-time.Minute), now); err == nil && st.Requests > 0 {
+			out.ReplicaList[i].Figures = &st
 		}
 	}
 	return &out, nil

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,7 +29,8 @@ import (
 // The inference router serves the OpenAI-compatible API (/v1/models,
 // /v1/completions, /v1/chat/completions) on every instance. A request's
 // "model" names one of the caller's tenant's deployments; the deployment's
-// traffic weights pick the version, the balancing strategy picks a ready
+// traffic weights pick the version (smooth weighted round robin), the
+// balancing strategy picks a ready
 // replica of it on any node, and the request is proxied to the replica
 // (streamed responses pass through as they come). A connection that cannot
 // be made is retried once on another replica; each replica has a circuit
@@ -67,6 +69,7 @@ type Router struct {
 	mu       sync.Mutex
 	replicas map[string]*replicaLive // by replica id
 	inflight map[string]*atomic.Int64
+	splits   map[string]*splitter // by deployment
 	samples  []sample
 }
 
@@ -116,6 +119,7 @@ func (s *Service) NewRouter(cfg RouterConfig) *Router {
 		cfg.Reload = time.Second
 	}
 	rt := &Router{s: s, cfg: cfg, kick: make(chan struct{}, 1), replicas: map[string]*replicaLive{}, inflight: map[string]*atomic.Int64{},
+		splits: map[string]*splitter{},
 		tr: &http.Transport{
 			DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 			MaxIdleConns:          1024,
@@ -235,6 +239,11 @@ func (rt *Router) prune(t *routeTable) {
 	for id, c := range rt.inflight {
 		if !deps[id] && c.Load() == 0 {
 			delete(rt.inflight, id)
+		}
+	}
+	for id := range rt.splits {
+		if !deps[id] {
+			delete(rt.splits, id)
 		}
 	}
 }
@@ -357,7 +366,7 @@ func (rt *Router) route(w http.ResponseWriter, r *http.Request, d *routeDeployme
 	var tried []string
 	for attempt := 0; ; {
 		d = rt.current(d)
-		version := pickVersion(d.Traffic, d.ready)
+		version := rt.splitterOf(d.ID).next(d.Traffic, d.ready)
 		rep, ok := rt.pick(d.ready[version], tried)
 		if !ok && len(d.ready[version]) > 0 && len(tried) == 0 {
 			// The version drawn has replicas, but every breaker is open:
@@ -404,32 +413,64 @@ func (rt *Router) current(d *routeDeployment) *routeDeployment {
 	return d
 }
 
-// pickVersion draws a version by the traffic weights among versions with
-// ready replicas.
-func pickVersion(traffic map[string]int, ready map[string][]routeReplica) string {
+// splitter divides one deployment's requests between its versions by
+// their weights with smooth weighted round robin (as nginx does): over any
+// run of requests each version's share is within one request of its
+// weight, with no random drift, and the versions interleave evenly.
+type splitter struct {
+	mu      sync.Mutex
+	current map[string]int
+}
+
+// next picks a version among those with ready replicas; "" when there is
+// none.
+func (sp *splitter) next(traffic map[string]int, ready map[string][]routeReplica) string {
+	var vs []string
 	total := 0
 	for v, w := range traffic {
 		if w > 0 && len(ready[v]) > 0 {
+			vs = append(vs, v)
 			total += w
 		}
 	}
-	if total == 0 {
+	if len(vs) == 0 {
+		// No weighted version can serve: any that can.
 		for v := range ready {
-			return v
+			vs = append(vs, v)
 		}
-		return ""
+		slices.Sort(vs)
+		if len(vs) == 0 {
+			return ""
+		}
+		return vs[0]
 	}
-	n := rand.IntN(total)
-	for v, w := range traffic {
-		if w <= 0 || len(ready[v]) == 0 {
-			continue
-		}
-		if n < w {
-			return v
-		}
-		n -= w
+	slices.Sort(vs)
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if sp.current == nil {
+		sp.current = map[string]int{}
 	}
-	return ""
+	best := ""
+	for _, v := range vs {
+		sp.current[v] += traffic[v]
+		if best == "" || sp.current[v] > sp.current[best] {
+			best = v
+		}
+	}
+	sp.current[best] -= total
+	return best
+}
+
+// splitterOf is a deployment's splitter.
+func (rt *Router) splitterOf(deployment string) *splitter {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	sp, ok := rt.splits[deployment]
+	if !ok {
+		sp = &splitter{}
+		rt.splits[deployment] = sp
+	}
+	return sp
 }
 
 func (rt *Router) live(id string) *replicaLive {
@@ -517,7 +558,12 @@ var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Authenticate", "Pro
 func (rt *Router) proxy(w http.ResponseWriter, r *http.Request, d *routeDeployment, rep routeReplica, body []byte, mayRetry bool) bool {
 	live := rt.live(rep.ID)
 	if !live.breaker.TryAcquirePermit() {
-		return mayRetry
+		// Half-open and already trying: another replica, or a clear 503.
+		if mayRetry {
+			return true
+		}
+		openAIError(w, http.StatusServiceUnavailable, "server_error", "no_replica", "", "deployment %q has no replica able to serve; try again shortly", d.Name)
+		return false
 	}
 	live.outstanding.Add(1)
 	defer live.outstanding.Add(-1)

@@ -1,31 +1,42 @@
 package gpu
 
 import (
-	"math"
 	"testing"
 	"time"
 )
 
-// TestPickVersionFollowsWeights: over many draws each version's share is
-// its weight, and versions without ready replicas get nothing.
-func TestPickVersionFollowsWeights(t *testing.T) {
+// TestSplitFollowsWeights: the split gives each version its weight's share
+// exactly over every hundred requests, interleaved, and nothing to versions
+// without ready replicas.
+func TestSplitFollowsWeights(t *testing.T) {
 	ready := map[string][]routeReplica{"v1": {{ID: "a"}}, "v2": {{ID: "b"}}}
-	const n = 200000
+	var sp splitter
 	got := map[string]int{}
-	for range n {
-		got[pickVersion(map[string]int{"v1": 90, "v2": 10}, ready)]++
-	}
-	if share := float64(got["v2"]) / n; math.Abs(share-0.10) > 0.005 {
-		t.Errorf("v2 drew %.4f of requests, want 0.10", share)
+	run := 0
+	for i := range 2000 {
+		v := sp.next(map[string]int{"v1": 90, "v2": 10}, ready)
+		got[v]++
+		if v == "v2" {
+			run = 0
+		} else if run++; run > 9 {
+			t.Fatalf("request %d: %d in a row to v1; a 90/10 split interleaves", i, run)
+		}
+		if (i+1)%100 == 0 && got["v2"] != (i+1)/10 {
+			t.Fatalf("after %d requests v2 had %d, want %d", i+1, got["v2"], (i+1)/10)
+		}
 	}
 	delete(ready, "v2")
-	for range 1000 {
-		if v := pickVersion(map[string]int{"v1": 90, "v2": 10}, ready); v != "v1" {
+	for range 100 {
+		if v := sp.next(map[string]int{"v1": 90, "v2": 10}, ready); v != "v1" {
 			t.Fatalf("drew %q, which has no ready replica", v)
 		}
 	}
-	if v := pickVersion(map[string]int{"v1": 100}, map[string][]routeReplica{}); v != "" {
+	if v := sp.next(map[string]int{"v1": 100}, map[string][]routeReplica{}); v != "" {
 		t.Errorf("with no replica at all: %q", v)
+	}
+	// Weighted versions that cannot serve: any that can.
+	if v := sp.next(map[string]int{"v1": 100}, map[string][]routeReplica{"v3": {{ID: "c"}}}); v != "v3" {
+		t.Errorf("with only an unweighted version ready: %q", v)
 	}
 }
 
