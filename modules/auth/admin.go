@@ -204,14 +204,7 @@ func tenantObject(ctx context.Context, perm, requested string) (string, error) {
 	if err := principal.Check(ctx, perm); err != nil {
 		return "", err
 	}
-	tenant, err := targetTenant(ctx, requested)
-	if err != nil {
-		return "", err
-	}
-	if _, err := uuid.Parse(tenant); err != nil {
-		return "", errs.Field("tenant_id", "is required (a UUID): platform administrators name the tenant")
-	}
-	return tenant, nil
+	return principal.OwningTenant(ctx, requested)
 }
 
 // scopeArg restricts a query

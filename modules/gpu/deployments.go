@@ -356,7 +356,7 @@ func (s *Service) CreateDeployment(ctx context.Context, in NewDeployment) (*Depl
 	if err := principal.Check(ctx, "gpu:deploy"); err != nil {
 		return nil, err
 	}
-	tenant, err := tenantFor(ctx, in.TenantID)
+	tenant, err := principal.OwningTenant(ctx, in.TenantID)
 	if err != nil {
 		return nil, err
 	}

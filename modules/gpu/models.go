@@ -143,22 +143,6 @@ func (in NewVersion) version(modelID string, allowed []string) (Version, error) 
 	return v, nil
 }
 
-// tenantFor is the tenant a caller's new object belongs to: the caller's
-// own, or for a platform administrator the one named.
-func tenantFor(ctx context.Context, named string) (string, error) {
-	tenant := principal.From(ctx).TenantID
-	switch {
-	case tenant == "":
-		if _, err := uuid.Parse(named); err != nil {
-			return "", errs.Field("tenant_id", "is required for a platform administrator: the tenant it belongs to")
-		}
-		return named, nil
-	case named != "" && named != tenant:
-		return "", errs.Field("tenant_id", "must be your own tenant or left out")
-	}
-	return tenant, nil
-}
-
 const versionCols = `id, model_id, version, artifact_uri, command, port, health_path, gpus, memory_mb, sharing, mig_profile, created_at`
 
 func scanVersion(r pgx.CollectableRow) (Version, error) {
@@ -187,7 +171,7 @@ func (s *Service) CreateModel(ctx context.Context, in NewModel) (*Model, error) 
 	if err := principal.Check(ctx, "gpu:deploy"); err != nil {
 		return nil, err
 	}
-	tenant, err := tenantFor(ctx, in.TenantID)
+	tenant, err := principal.OwningTenant(ctx, in.TenantID)
 	if err != nil {
 		return nil, err
 	}

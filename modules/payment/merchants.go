@@ -204,14 +204,9 @@ func (s *Service) CreateMerchant(ctx context.Context, in MerchantInput) (*Mercha
 	if err := principal.Check(ctx, "payments:manage"); err != nil {
 		return nil, err
 	}
-	tenant := principal.From(ctx).TenantID
-	if tenant == "" {
-		if _, err := uuid.Parse(in.TenantID); err != nil {
-			return nil, errs.Field("tenant_id", "is required for a platform administrator: the tenant the merchant belongs to")
-		}
-		tenant = in.TenantID
-	} else if in.TenantID != "" && in.TenantID != tenant {
-		return nil, errs.Field("tenant_id", "must be your own tenant or left out")
+	tenant, err := principal.OwningTenant(ctx, in.TenantID)
+	if err != nil {
+		return nil, err
 	}
 	m := &Merchant{ID: uuid.Must(uuid.NewV7()).String(), TenantID: tenant, Status: "active", Channels: []string{}, Promotions: []Promotion{}}
 	if err := s.apply(m, in, true); err != nil {
@@ -219,7 +214,7 @@ func (s *Service) CreateMerchant(ctx context.Context, in MerchantInput) (*Mercha
 	}
 	promos, _ := json.Marshal(m.Promotions)
 	var out Merchant
-	err := s.tx.Do(ctx, "payment.create_merchant", func(tx pgx.Tx) error {
+	err = s.tx.Do(ctx, "payment.create_merchant", func(tx pgx.Tx) error {
 		rows, _ := tx.Query(ctx, `INSERT INTO merchants (id, tenant_id, ref, name, mcc, settlement_account, fee_bps, fee_fixed,
 			channels, promotions, point_value, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING `+merchantCols,
 			m.ID, m.TenantID, m.Ref, m.Name, m.MCC, m.SettlementAccount, m.FeeBPS, m.FeeFixed, m.Channels, promos, m.PointValue, m.Status)

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"slices"
 
+	"github.com/google/uuid"
+
 	"github.com/atriumhq/atrium/platform/errs"
 )
 
@@ -92,4 +94,24 @@ func Require(onErr func(http.ResponseWriter, *http.Request, error), perms ...str
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// OwningTenant is the tenant a new object of the caller's belongs to: the
+// caller's own tenant (named, from the request, may repeat it or be left
+// out), or, for a platform administrator, who belongs to no tenant, the one
+// named. Errors name the field tenant_id.
+func OwningTenant(ctx context.Context, named string) (string, error) {
+	p := From(ctx)
+	switch {
+	case p == nil:
+		return "", errs.E(errs.Unauthenticated, "authentication required")
+	case p.TenantID == "":
+		if _, err := uuid.Parse(named); err != nil {
+			return "", errs.Field("tenant_id", "is required for a platform administrator: the tenant it belongs to")
+		}
+		return named, nil
+	case named != "" && named != p.TenantID:
+		return "", errs.Field("tenant_id", "must be your own tenant or left out")
+	}
+	return p.TenantID, nil
 }
