@@ -362,15 +362,25 @@ func (s *Service) inventory(ctx context.Context) ([]NodeInventory, error) {
 	return out, nil
 }
 
-// aliveNodes are the nodes whose inventory has not lapsed.
-func (s *Service) aliveNodes(ctx context.Context) (map[string]bool, error) {
+// readings is the cluster's live inventory as a scheduler cycle uses it:
+// the nodes whose inventory has not lapsed, and each GPU's utilization.
+type readings struct {
+	alive map[string]bool
+	util  map[string]int // by GPU UUID; a GPU missing is on a lapsed node
+}
+
+// readCluster reads every node's published inventory once for a cycle.
+func (s *Service) readCluster(ctx context.Context) (readings, error) {
 	inv, err := s.inventory(ctx)
 	if err != nil {
-		return nil, err
+		return readings{}, err
 	}
-	alive := map[string]bool{}
+	r := readings{alive: map[string]bool{}, util: map[string]int{}}
 	for _, n := range inv {
-		alive[n.Node] = true
+		r.alive[n.Node] = true
+		for _, d := range n.Devices {
+			r.util[d.UUID] = d.Utilization
+		}
 	}
-	return alive, nil
+	return r, nil
 }

@@ -83,13 +83,14 @@ type rec struct {
 	n  int
 }
 
-// autoscale adjusts every autoscaled deployment's replica count.
-func (s *Service) autoscale(ctx context.Context, token int64) error {
+// autoscale adjusts every autoscaled deployment's replica count; gpuUtil
+// is each GPU's measured utilization.
+func (s *Service) autoscale(ctx context.Context, token int64, gpuUtil map[string]int) error {
 	deps, err := s.autoscaled(ctx)
-	if err != nil {
+	if err != nil || len(deps) == 0 {
 		return err
 	}
-	util, err := s.deploymentUtilization(ctx)
+	util, err := s.deploymentUtilization(ctx, gpuUtil)
 	if err != nil {
 		return err
 	}
@@ -173,23 +174,13 @@ func (s *Service) autoscaled(ctx context.Context) ([]Deployment, error) {
 
 // deploymentUtilization is the mean measured utilization of the GPUs each
 // deployment's running replicas hold.
-func (s *Service) deploymentUtilization(ctx context.Context) (map[string]float64, error) {
-	inv, err := s.inventory(ctx)
-	if err != nil {
-		return nil, err
-	}
-	util := map[string]int{}
-	for _, n := range inv {
-		for _, d := range n.Devices {
-			util[d.UUID] = d.Utilization
-		}
-	}
+func (s *Service) deploymentUtilization(ctx context.Context, util map[string]int) (map[string]float64, error) {
 	type held struct {
 		Deployment string
 		GPUs       []string
 	}
 	var rows []held
-	err = s.tx.Do(ctx, "gpu.held", func(tx pgx.Tx) error {
+	err := s.tx.Do(ctx, "gpu.held", func(tx pgx.Tx) error {
 		r, _ := tx.Query(ctx, `SELECT deployment_id::text, gpu_uuids FROM replicas WHERE state = 'running'`)
 		var err error
 		rows, err = pgx.CollectRows(r, pgx.RowToStructByPos[held])

@@ -497,20 +497,29 @@ func (s *Service) GetDeployment(ctx context.Context, id string) (*DeploymentDeta
 			out.Stats = &st
 		}
 	}
-	// The last minute's figures; Redis being down leaves them out.
+	// The last minute's figures, in one round trip; Redis being down leaves
+	// them out.
 	now := s.now()
-	out.VersionFigures = map[string]VersionStats{}
+	var subjects []string
 	for v := range out.Versions {
-		if st, err := s.stats.Window(ctx, out.ID, v, now.Add(-time.Minute), now); err == nil && st.Requests > 0 {
-			out.VersionFigures[v] = st
+		subjects = append(subjects, v)
+	}
+	for _, r := range out.ReplicaList {
+		if r.State != "stopped" {
+			subjects = append(subjects, "replica:"+r.ID)
 		}
 	}
-	for i, r := range out.ReplicaList {
-		if r.State == "stopped" {
-			continue
+	out.VersionFigures = map[string]VersionStats{}
+	if figs, err := s.stats.Windows(ctx, out.ID, subjects, now.Add(-time.Minute), now); err == nil {
+		for v := range out.Versions {
+			if f := figs[v]; f.Requests > 0 {
+				out.VersionFigures[v] = f
+			}
 		}
-		if st, err := s.stats.Window(ctx, out.ID, "replica:"+r.ID, now.Add(-time.Minute), now); err == nil && st.Requests > 0 {
-			out.ReplicaList[i].Figures = &st
+		for i, r := range out.ReplicaList {
+			if f, ok := figs["replica:"+r.ID]; ok && f.Requests > 0 {
+				out.ReplicaList[i].Figures = &f
+			}
 		}
 	}
 	return &out, nil

@@ -81,20 +81,23 @@ type CycleReport struct {
 func (s *Service) Cycle(ctx context.Context, token int64) (CycleReport, error) {
 	var rep CycleReport
 	ctx = cross(ctx)
-	var err error
-	if rep.Lost, err = s.loseNodes(ctx, token); err != nil {
+	live, err := s.readCluster(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("inventory: %w", err)
+	}
+	if rep.Lost, err = s.loseNodes(ctx, token, live.alive); err != nil {
 		return rep, fmt.Errorf("lost nodes: %w", err)
 	}
 	if rep.Moved, err = s.leaveUnhealthy(ctx, token); err != nil {
 		return rep, fmt.Errorf("unhealthy GPUs: %w", err)
 	}
-	if err = s.autoscale(ctx, token); err != nil {
+	if err = s.autoscale(ctx, token, live.util); err != nil {
 		return rep, fmt.Errorf("autoscaling: %w", err)
 	}
 	if err = s.reconcileAll(ctx, token); err != nil {
 		return rep, fmt.Errorf("deployments: %w", err)
 	}
-	if rep.Placed, rep.Pending, err = s.place(ctx, token); err != nil {
+	if rep.Placed, rep.Pending, err = s.place(ctx, token, live.util); err != nil {
 		return rep, fmt.Errorf("placement: %w", err)
 	}
 	return rep, nil
@@ -103,12 +106,9 @@ func (s *Service) Cycle(ctx context.Context, token int64) (CycleReport, error) {
 // loseNodes marks up nodes whose inventory lapsed from Redis as lost and
 // stops their replicas at once (their node cannot): their GPUs and quota
 // are freed, and the controllers create replacements.
-func (s *Service) loseNodes(ctx context.Context, token int64) (int, error) {
-	alive, err := s.aliveNodes(ctx)
-	if err != nil {
-		return 0, err
-	}
+func (s *Service) loseNodes(ctx context.Context, token int64, alive map[string]bool) (int, error) {
 	var up []string
+	var err error
 	if err := s.tx.Do(ctx, "gpu.nodes_up", func(tx pgx.Tx) error {
 		rows, _ := tx.Query(ctx, `SELECT id FROM gpu_nodes WHERE state = 'up' AND last_seen < now() - $1::interval`,
 			s.cfg.NodeTTL.String())
@@ -358,8 +358,9 @@ type pendingReplica struct {
 	Need               Need
 }
 
-// place places pending replicas, oldest first.
-func (s *Service) place(ctx context.Context, token int64) (placed, pending int, err error) {
+// place places pending replicas, oldest first, on the GPUs whose
+// utilization util has (those of live nodes).
+func (s *Service) place(ctx context.Context, token int64, util map[string]int) (placed, pending int, err error) {
 	var reps []pendingReplica
 	var slots []Slot
 	err = s.tx.Do(ctx, "gpu.pending", func(tx pgx.Tx) error {
@@ -375,7 +376,7 @@ func (s *Service) place(ctx context.Context, token int64) (placed, pending int, 
 		if err != nil || len(reps) == 0 {
 			return err
 		}
-		slots, err = s.slots(ctx, tx)
+		slots, err = slotsOf(ctx, tx, util)
 		return err
 	})
 	if err != nil || len(reps) == 0 {
@@ -476,9 +477,10 @@ func milliGPUs(n Need, uuids []string, slots []Slot) int {
 	return 1000 * len(uuids)
 }
 
-// slots are the GPUs placement may use: present and healthy, on nodes that
-// are up, with what replicas hold on them and their measured utilization.
-func (s *Service) slots(ctx context.Context, tx pgx.Tx) ([]Slot, error) {
+// slotsOf are the GPUs placement may use: present and healthy, on nodes
+// that are up and live (in util), with what replicas hold on them and their
+// measured utilization.
+func slotsOf(ctx context.Context, tx pgx.Tx, util map[string]int) ([]Slot, error) {
 	rows, _ := tx.Query(ctx, `SELECT g.uuid, g.node_id, g.domain, g.memory_total_mb, g.mig_mode, g.exclusive_replica IS NOT NULL,
 			g.shared_mb, g.mig_compute, g.mig_memory_mb
 		FROM gpu_devices g JOIN gpu_nodes n ON n.id = g.node_id
@@ -490,16 +492,6 @@ func (s *Service) slots(ctx context.Context, tx pgx.Tx) ([]Slot, error) {
 	})
 	if err != nil {
 		return nil, err
-	}
-	inv, err := s.inventory(ctx)
-	if err != nil {
-		return nil, err
-	}
-	util := map[string]int{}
-	for _, n := range inv {
-		for _, d := range n.Devices {
-			util[d.UUID] = d.Utilization
-		}
 	}
 	alive := slots[:0]
 	for _, sl := range slots {

@@ -202,7 +202,12 @@ func TestTwoSchedulersNeverAllocateTwice(t *testing.T) {
 			wg.Go(func() {
 				// The same token: the fence cannot tell them apart, only the
 				// GPUs' own rows can.
-				_, _, errsSeen[i] = s.place(cross(ctx), 2)
+				live, err := s.readCluster(ctx)
+				if err != nil {
+					errsSeen[i] = err
+					return
+				}
+				_, _, errsSeen[i] = s.place(cross(ctx), 2, live.util)
 			})
 		}
 		wg.Wait()

@@ -87,47 +87,60 @@ func (st *Stats) RecordMany(ctx context.Context, samples []sample) error {
 // Window adds up a version's figures from since to now (at most the last
 // hour).
 func (st *Stats) Window(ctx context.Context, deployment, version string, since, now time.Time) (VersionStats, error) {
-	var out VersionStats
+	m, err := st.Windows(ctx, deployment, []string{version}, since, now)
+	return m[version], err
+}
+
+// Windows is Window for several versions (or "replica:<id>" subjects) of a
+// deployment, in one round trip.
+func (st *Stats) Windows(ctx context.Context, deployment string, subjects []string, since, now time.Time) (map[string]VersionStats, error) {
+	out := map[string]VersionStats{}
 	if since.Before(now.Add(-time.Hour)) {
 		since = now.Add(-time.Hour)
 	}
 	from, to := since.UnixNano()/int64(statsBucket), now.UnixNano()/int64(statsBucket)
-	if to < from {
+	if to < from || len(subjects) == 0 {
 		return out, nil
 	}
 	pipe := st.redis.Pipeline()
-	for b := from; b <= to; b++ {
-		pipe.HGetAll(ctx, st.key(deployment, version, b))
+	cmds := map[string][]*redis.MapStringStringCmd{}
+	for _, sub := range subjects {
+		for b := from; b <= to; b++ {
+			cmds[sub] = append(cmds[sub], pipe.HGetAll(ctx, st.key(deployment, sub, b)))
+		}
 	}
-	cmds, err := pipe.Exec(ctx)
-	if err != nil {
+	if _, err := pipe.Exec(ctx); err != nil {
 		return out, err
 	}
-	var hist [histBuckets]int64
-	for _, c := range cmds {
-		for f, v := range c.(*redis.MapStringStringCmd).Val() {
-			n, _ := strconv.ParseInt(v, 10, 64)
-			switch {
-			case f == "n":
-				out.Requests += n
-			case f == "e":
-				out.Errors += n
-			case len(f) > 1 && f[0] == 'h':
-				if i, err := strconv.Atoi(f[1:]); err == nil && i >= 0 && i < histBuckets {
-					hist[i] += n
+	for sub, cs := range cmds {
+		var vs VersionStats
+		var hist [histBuckets]int64
+		for _, c := range cs {
+			for f, v := range c.Val() {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				switch {
+				case f == "n":
+					vs.Requests += n
+				case f == "e":
+					vs.Errors += n
+				case len(f) > 1 && f[0] == 'h':
+					if i, err := strconv.Atoi(f[1:]); err == nil && i >= 0 && i < histBuckets {
+						hist[i] += n
+					}
 				}
 			}
 		}
-	}
-	if out.Requests > 0 {
-		need := int64(math.Ceil(0.99 * float64(out.Requests)))
-		var seen int64
-		for i, n := range hist {
-			if seen += n; seen >= need {
-				out.P99 = histUpper(i)
-				break
+		if vs.Requests > 0 {
+			need := int64(math.Ceil(0.99 * float64(vs.Requests)))
+			var seen int64
+			for i, n := range hist {
+				if seen += n; seen >= need {
+					vs.P99 = histUpper(i)
+					break
+				}
 			}
 		}
+		out[sub] = vs
 	}
 	return out, nil
 }
