@@ -396,9 +396,6 @@ func NewPlacer(slots []Slot, policy Policy) *Placer {
 	return p
 }
 
-// Policy returns the placer's policy.
-func (p *Placer) Policy() Policy { return p.policy }
-
 // Slots returns a copy of the GPUs with what is held on them now (what the
 // placer was built with plus what Place took, less what Unplace gave back),
 // ordered by node name, then UUID.

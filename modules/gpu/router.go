@@ -66,8 +66,9 @@ type Router struct {
 	rr    atomic.Uint64
 	tr    *http.Transport
 
-	mu       sync.Mutex
-	replicas map[string]*replicaLive // by replica id
+	replicas sync.Map // replica id → *replicaLive (read on every request, without a lock)
+
+	mu       sync.Mutex // guards what follows
 	inflight map[string]*atomic.Int64
 	splits   map[string]*splitter // by deployment
 	samples  []sample
@@ -118,7 +119,7 @@ func (s *Service) NewRouter(cfg RouterConfig) *Router {
 	if cfg.Reload <= 0 {
 		cfg.Reload = time.Second
 	}
-	rt := &Router{s: s, cfg: cfg, kick: make(chan struct{}, 1), replicas: map[string]*replicaLive{}, inflight: map[string]*atomic.Int64{},
+	rt := &Router{s: s, cfg: cfg, kick: make(chan struct{}, 1), inflight: map[string]*atomic.Int64{},
 		splits: map[string]*splitter{},
 		tr: &http.Transport{
 			DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -130,15 +131,6 @@ func (s *Service) NewRouter(cfg RouterConfig) *Router {
 		}}
 	rt.table.Store(&routeTable{byName: map[string]*routeDeployment{}})
 	return rt
-}
-
-// ParseStrategy checks a balancing strategy's name.
-func ParseStrategy(s string) error {
-	switch s {
-	case LeastOutstanding, RoundRobin, WeightedResponseTime:
-		return nil
-	}
-	return fmt.Errorf("unknown balancing strategy %q (least_outstanding, round_robin or weighted_response_time)", s)
 }
 
 // Run keeps the route table current and flushes statistics until ctx ends.
@@ -231,11 +223,12 @@ func (rt *Router) prune(t *routeTable) {
 	}
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	for id, l := range rt.replicas {
-		if !ready[id] && l.outstanding.Load() == 0 {
-			delete(rt.replicas, id)
+	rt.replicas.Range(func(id, l any) bool {
+		if !ready[id.(string)] && l.(*replicaLive).outstanding.Load() == 0 {
+			rt.replicas.Delete(id)
 		}
-	}
+		return true
+	})
 	for id, c := range rt.inflight {
 		if !deps[id] && c.Load() == 0 {
 			delete(rt.inflight, id)
@@ -474,18 +467,15 @@ func (rt *Router) splitterOf(deployment string) *splitter {
 }
 
 func (rt *Router) live(id string) *replicaLive {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	l, ok := rt.replicas[id]
-	if !ok {
-		l = &replicaLive{breaker: circuitbreaker.NewBuilder[any]().
-			WithFailureThresholdRatio(5, 10).
-			WithDelay(5 * time.Second).
-			WithSuccessThreshold(2).
-			Build()}
-		rt.replicas[id] = l
+	if l, ok := rt.replicas.Load(id); ok {
+		return l.(*replicaLive)
 	}
-	return l
+	l, _ := rt.replicas.LoadOrStore(id, &replicaLive{breaker: circuitbreaker.NewBuilder[any]().
+		WithFailureThresholdRatio(5, 10).
+		WithDelay(5 * time.Second).
+		WithSuccessThreshold(2).
+		Build()})
+	return l.(*replicaLive)
 }
 
 // pick chooses a replica by the strategy, skipping tried ones and those
@@ -702,15 +692,4 @@ func (rt *Router) flush(ctx context.Context) {
 			rt.s.log.Debug().Err(err).Msg("requests in flight not published")
 		}
 	}
-}
-
-// Inflight is this instance's inference requests in flight by deployment.
-func (rt *Router) Inflight() map[string]int64 {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	out := map[string]int64{}
-	for d, c := range rt.inflight {
-		out[d] = c.Load()
-	}
-	return out
 }
