@@ -15,23 +15,6 @@ import (
 	"github.com/atriumhq/atrium/platform/testenv"
 )
 
-// liveGPUs waits until the cluster lists want GPUs on live nodes.
-func (e *gpuEnv) liveGPUs(t testing.TB, want int) []gpu.NodeView {
-	t.Helper()
-	var nodes []gpu.NodeView
-	testenv.Eventually(t, 10*time.Second, "the nodes' GPUs in the cluster", func() bool {
-		nodes = e.nodes(t)
-		n := 0
-		for _, node := range nodes {
-			if node.Live {
-				n += len(node.GPUs)
-			}
-		}
-		return n == want
-	})
-	return nodes
-}
-
 // formErrorOf is the form error a page shows, "" if none.
 func formErrorOf(page string) string {
 	m := regexp.MustCompile(`data-testid="form-error">([^<]*)<`).FindStringSubmatch(page)
@@ -256,25 +239,7 @@ func TestBrowserGPUCanary(t *testing.T) {
 	ctx, problems := browser(t)
 	text := textOf(t, ctx)
 
-	// poll waits for a condition in the page. A form post navigates: a poll
-	// that starts on the page being left loses its context, and is started
-	// again on the new page.
-	poll := func(what, js string) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			_, err := chromedp.Run(ctx, chromedp.Poll[bool](js, chromedp.WithPollingTimeout(time.Until(deadline)), chromedp.WithPollingInterval(100*time.Millisecond)))
-			if err == nil {
-				return
-			}
-			transient := strings.Contains(err.Error(), "Cannot find context") || strings.Contains(err.Error(), "navigated") ||
-				strings.Contains(err.Error(), "Execution context was destroyed")
-			if !transient || time.Now().After(deadline) {
-				t.Fatalf("%s: %v", what, err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	poll := pollerOf(t, ctx, 30*time.Second)
 
 	err := chromedp.Do(ctx,
 		chromedp.Navigate(in.URL+"/ui/gpus"),

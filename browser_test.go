@@ -117,6 +117,29 @@ func textOf(t *testing.T, ctx context.Context) func(sel string) string {
 	}
 }
 
+// pollerOf returns a function that waits up to timeout for js to be true
+// in the page, failing the test after that. A form post navigates: a poll
+// that starts on the page being left loses its context (chromedp says so in
+// several words), and is started again on the new page.
+func pollerOf(t *testing.T, ctx context.Context, timeout time.Duration) func(what, js string) {
+	return func(what, js string) {
+		t.Helper()
+		deadline := time.Now().Add(timeout)
+		for {
+			_, err := chromedp.Run(ctx, chromedp.Poll[bool](js, chromedp.WithPollingTimeout(time.Until(deadline)), chromedp.WithPollingInterval(100*time.Millisecond)))
+			if err == nil {
+				return
+			}
+			transient := strings.Contains(err.Error(), "Cannot find context") || strings.Contains(err.Error(), "navigated") ||
+				strings.Contains(err.Error(), "Execution context was destroyed")
+			if !transient || time.Now().After(deadline) {
+				t.Fatalf("%s: %v", what, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
 // location is the path and query of the page the browser shows.
 func location(t *testing.T, ctx context.Context) string {
 	t.Helper()

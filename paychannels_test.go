@@ -197,25 +197,7 @@ func TestBrowserChannelBreakerSwitch(t *testing.T) {
 	if err != nil {
 		t.Fatalf("channels page: %v", err)
 	}
-	poll := func(what, js string) {
-		t.Helper()
-		// A form post navigates: a poll that starts on the page being left
-		// loses its context, and is started again on the new page.
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			_, err := chromedp.Run(ctx, chromedp.Poll[bool](js, chromedp.WithPollingTimeout(time.Until(deadline)), chromedp.WithPollingInterval(100*time.Millisecond)))
-			if err == nil {
-				return
-			}
-			// chromedp reports the page going away mid-poll in several words.
-			transient := strings.Contains(err.Error(), "Cannot find context") || strings.Contains(err.Error(), "navigated") ||
-				strings.Contains(err.Error(), "Execution context was destroyed")
-			if !transient || time.Now().After(deadline) {
-				t.Fatalf("%s: %v", what, err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	poll := pollerOf(t, ctx, 10*time.Second)
 	// Both instances report within seconds, without a reload.
 	poll("both instances on the page", `document.querySelectorAll('section[data-channel="simbank"] tbody tr').length === 2`)
 	if m := text(panel + ` [data-testid="mode"]`); m != "auto" {
